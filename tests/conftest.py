@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="torch device for the tests (default: cpu)")
+    parser.addoption("--dtype", default="float64", choices=["float32", "float64"], help="default float64")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    return torch.device(request.config.getoption("--device"))
+
+
+@pytest.fixture
+def dtype(request) -> torch.dtype:
+    return getattr(torch, request.config.getoption("--dtype"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
