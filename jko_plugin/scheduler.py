@@ -1,0 +1,430 @@
+r"""The proximal step schedule of a JKO flow as a diffusers scheduler (SchedulerMixin + ConfigMixin)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from torch import Tensor
+
+from ._ops import SOLVERS, ButcherTableau, check_choice
+
+__all__ = ["JKOScheduler", "JKOSchedulerOutput", "BLOCK_TYPES", "BOUNDARY_EPS", "DEFAULT_NUM_BLOCKS"]
+
+#: ``"ode"``: a continuous-time block (``JKOBlock``), integrated with the solver;
+#: ``"map"``: a discrete step map (``JKOStep``), applied in one exact jump.
+BLOCK_TYPES = ("ode", "map")
+#: A solver stage that evaluates block k at its data-side end ``T_{k-1}`` is given the time
+#: ``T_{k-1} + BOUNDARY_EPS * h_k`` (see ``JKOScheduler``): ``T_{k-1}`` itself belongs to block k-1.
+BOUNDARY_EPS = 1e-9
+#: Number of blocks of the geometric schedule when neither ``num_blocks`` nor ``step_sizes`` is given.
+DEFAULT_NUM_BLOCKS = 8
+_GEOMETRIC_DEFAULTS = {"h0": 0.25, "growth": 1.4}  # JKO-iFlow (Xu, Cheng, Xie 2023)
+_EULER = SOLVERS["euler"]
+
+
+@dataclass
+class JKOSchedulerOutput(BaseOutput):
+    """Output of ``JKOScheduler.step``.
+
+    Args:
+        prev_sample: The sample to give the model at the next timestep (same shape as ``sample``):
+            the next stage's input inside a multi-stage step, the solution after its last stage.
+    """
+
+    prev_sample: Tensor
+
+
+class _Stage(NamedTuple):
+    time: float  # flow time at which the model is evaluated
+    index: int  # stage index inside the solver step
+    t_start: float  # flow time at the start of the solver step
+    dt: float  # signed step (negative: noise -> data)
+    tableau: ButcherTableau
+
+
+def _positive(name: str, value: object, *, integer: bool = False) -> float:
+    """``value`` as a finite positive float (or int), else ``ValueError`` naming ``name``."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    if not (math.isfinite(float(value)) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _boundaries(step_sizes: Sequence[float]) -> tuple[float, ...]:
+    """``(T_0 = 0, T_1, ..., T_N)`` with ``T_k = T_{k-1} + h_k`` (the model uses the same sums)."""
+    out = [0.0]
+    for h in step_sizes:
+        out.append(out[-1] + h)
+    return tuple(out)
+
+
+class JKOScheduler(SchedulerMixin, ConfigMixin):
+    r"""Time grid of a JKO flow's N proximal steps, and the reverse-time solver that samples it.
+
+    Block k (k = 1 is the data side) performs the JKO step with step size ``h_k`` and occupies the
+    flow-time interval ``[T_{k-1}, T_k]``, ``T_k = h_1 + ... + h_k``. Sampling integrates
+    ``dx/dt = v(x, t)`` from ``T_N`` (noise) down to 0 (data), block by block.
+
+    Step sizes are explicit (``step_sizes``) or geometric, ``h_k = min(h0 * growth^(k-1), h_max)``
+    (JKO-iFlow's default ``h0 = 0.25``, ``growth = 1.4``, 8 blocks).
+
+    Timesteps: an ``"ode"`` block takes ``steps_per_block`` solver steps (re-gridded by
+    ``set_timesteps(num_inference_steps)``). A multi-stage solver gets one timestep per stage, as
+    diffusers' Heun scheduler does: for RK4 a step from ``t`` contributes ``t, t+dt/2, t+dt/2, t+dt``
+    and ``step()`` returns the next stage's input until the last stage returns the solution. A
+    ``"map"`` block (a ``JKOStep``) gets one timestep, ``T_k``, and one exact Euler jump of length
+    ``h_k``: the model returns the secant velocity ``(x - F(x)) / h_k``, so the jump lands on the
+    step map ``F(x)``.
+
+    Block boundaries: the velocity field jumps at ``T_k`` (two networks meet there). A time
+    ``t`` belongs to the block with ``T_{k-1} < t <= T_k`` (``t = 0`` to block 1), so a stage that
+    needs block k at its data-side end ``T_{k-1}`` (k > 1) is given ``T_{k-1} + BOUNDARY_EPS * h_k``
+    instead: the model keeps its ``(sample, timestep)`` signature and the evaluation moves by
+    ``1e-9`` of the block's normalised time, far below the solver's error.
+
+    Args:
+        num_blocks: Number of blocks N (default ``len(step_sizes)``, or 8 for the geometric schedule).
+        step_sizes: Explicit ``[h_1, ..., h_N]`` (all > 0), data side first. Exclusive with ``h0``,
+            ``growth`` and ``h_max``.
+        h0: First geometric step (default 0.25).
+        growth: Geometric ratio (default 1.4).
+        h_max: Cap of the geometric steps (default: none).
+        solver: ``"rk4"`` (default), ``"heun"`` or ``"euler"`` (explicit Runge-Kutta in ``SOLVERS``).
+        steps_per_block: Solver steps per ``"ode"`` block in the default grid (default 4).
+        block_types: ``"ode"`` or ``"map"`` per block, data side first (default: all ``"ode"``).
+
+    Raises:
+        ValueError: A step size, ``h0``, ``growth`` or ``h_max`` that is not > 0; ``num_blocks``
+            different from ``len(step_sizes)`` or ``len(block_types)``; an unknown solver or block type;
+            ``step_sizes`` together with a geometric parameter.
+
+    References:
+        Xu, Cheng, Xie, "Normalizing flow neural networks by JKO scheme", NeurIPS 2023.
+
+    Example:
+        >>> s = JKOScheduler(num_blocks=3)
+        >>> [round(h, 3) for h in s.step_sizes]
+        [0.25, 0.35, 0.49]
+        >>> s.set_timesteps(num_inference_steps=3)
+        >>> len(s.timesteps)  # 3 RK4 steps of 4 stages each
+        12
+    """
+
+    _compatibles: list[str] = []
+    init_noise_sigma = 1.0
+
+    @register_to_config
+    def __init__(
+        self,
+        num_blocks: int | None = None,
+        step_sizes: Sequence[float] | None = None,
+        *,
+        h0: float | None = None,
+        growth: float | None = None,
+        h_max: float | None = None,
+        solver: str = "rk4",
+        steps_per_block: int = 4,
+        block_types: Sequence[str] | None = None,
+    ) -> None:
+        check_choice("solver", solver, SOLVERS)
+        steps_per_block = _positive("steps_per_block", steps_per_block, integer=True)
+        if num_blocks is not None:
+            num_blocks = _positive("num_blocks", num_blocks, integer=True)
+        if step_sizes is not None:
+            if isinstance(step_sizes, (Tensor, np.ndarray)):
+                step_sizes = step_sizes.tolist()
+            given = {k: v for k, v in (("h0", h0), ("growth", growth), ("h_max", h_max)) if v is not None}
+            if given:
+                raise ValueError(f"step_sizes is exclusive with h0, growth and h_max, got both and {given}")
+            if isinstance(step_sizes, (str, bytes)) or not isinstance(step_sizes, Sequence) or not step_sizes:
+                raise ValueError(f"step_sizes must be a non-empty sequence of numbers, got {step_sizes!r}")
+            steps = [_positive(f"step_sizes[{i}]", h) for i, h in enumerate(step_sizes)]
+            if num_blocks is not None and num_blocks != len(steps):
+                raise ValueError(f"num_blocks={num_blocks} but step_sizes has {len(steps)} entries")
+            num_blocks = len(steps)
+        else:
+            num_blocks = DEFAULT_NUM_BLOCKS if num_blocks is None else num_blocks
+            h0 = _positive("h0", _GEOMETRIC_DEFAULTS["h0"] if h0 is None else h0)
+            growth = _positive("growth", _GEOMETRIC_DEFAULTS["growth"] if growth is None else growth)
+            h_max = None if h_max is None else _positive("h_max", h_max)
+            steps = [h0 * growth**k for k in range(num_blocks)]
+            steps = [min(h, h_max) if h_max is not None else h for h in steps]
+            for i, h in enumerate(steps):
+                _positive(f"geometric step h_{i + 1}", h)
+        if block_types is not None:
+            if isinstance(block_types, str) or len(block_types) != num_blocks:
+                raise ValueError(
+                    f"block_types must list one type per block ({num_blocks}), got {block_types!r}"
+                )
+            block_types = [check_choice("block_types entry", b, BLOCK_TYPES) for b in block_types]
+        # Normalised, JSON-serialisable config (so that a round trip is exact).
+        self.register_to_config(
+            num_blocks=num_blocks,
+            step_sizes=None if step_sizes is None else steps,
+            h0=h0,
+            growth=growth,
+            h_max=h_max,
+            steps_per_block=steps_per_block,
+            block_types=None if block_types is None else list(block_types),
+        )
+        self._steps = tuple(steps)
+        self._types = tuple(block_types) if block_types is not None else ("ode",) * num_blocks
+        self._bounds = _boundaries(self._steps)
+        self.set_timesteps()
+
+    # -- the schedule ------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks N."""
+        return len(self._steps)
+
+    @property
+    def step_sizes(self) -> tuple[float, ...]:
+        """``(h_1, ..., h_N)``, data side first."""
+        return self._steps
+
+    @property
+    def boundaries(self) -> tuple[float, ...]:
+        """``(T_0 = 0, T_1, ..., T_N)``; block k occupies ``[T_{k-1}, T_k]``."""
+        return self._bounds
+
+    @property
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        """``((T_0, T_1), ..., (T_{N-1}, T_N))``, data side first."""
+        return tuple(zip(self._bounds[:-1], self._bounds[1:]))
+
+    @property
+    def proximal_weights(self) -> tuple[float, ...]:
+        """``1 / (2 h_k)``: the weight of ``|T(x) - x|^2`` in block k's JKO loss."""
+        return tuple(1.0 / (2.0 * h) for h in self._steps)
+
+    @property
+    def block_types(self) -> tuple[str, ...]:
+        """``"ode"`` or ``"map"`` per block, data side first."""
+        return self._types
+
+    # Every config entry is also a plain attribute, so reading one never hits diffusers' deprecated
+    # config-attribute path (``step_sizes`` and ``block_types`` above are the resolved values).
+    @property
+    def h0(self) -> float | None:
+        """First geometric step (``None`` for explicit ``step_sizes``)."""
+        return self.config.h0
+
+    @property
+    def growth(self) -> float | None:
+        """Geometric ratio (``None`` for explicit ``step_sizes``)."""
+        return self.config.growth
+
+    @property
+    def h_max(self) -> float | None:
+        """Cap of the geometric steps, if any."""
+        return self.config.h_max
+
+    @property
+    def solver(self) -> str:
+        """The Runge-Kutta method (a key of ``SOLVERS``)."""
+        return self.config.solver
+
+    @property
+    def steps_per_block(self) -> int:
+        """Solver steps per ``"ode"`` block in the default grid."""
+        return self.config.steps_per_block
+
+    @property
+    def order(self) -> int:
+        """Stages per solver step (RK4: 4, Heun: 2, Euler: 1)."""
+        return len(SOLVERS[self.config.solver].b)
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into ``timesteps`` of the next ``step()`` call (``None`` before the first)."""
+        return self._step_index
+
+    def _derived(self, step_sizes: Sequence[float], block_types: Sequence[str]) -> JKOScheduler:
+        types = None if all(b == "ode" for b in block_types) else list(block_types)
+        return type(self)(
+            step_sizes=list(step_sizes),
+            solver=self.config.solver,
+            steps_per_block=self.config.steps_per_block,
+            block_types=types,
+        )
+
+    def refine(self) -> JKOScheduler:
+        """A schedule with every interval halved: 2N blocks, same total time, solver and grid."""
+        steps = [h / 2.0 for h in self._steps for _ in range(2)]
+        return self._derived(steps, [b for b in self._types for _ in range(2)])
+
+    def reparametrize(self, movements: Sequence[float]) -> JKOScheduler:
+        r"""A schedule of N blocks over the same total time in which each block moves the same W2 distance.
+
+        Rule (JKO-iFlow's adaptive re-spacing): take the W2 speed as constant inside each old block,
+        ``r_k = m_k / h_k``, so the movement accumulated up to time t is piecewise linear, and place
+        the new boundaries where it reaches ``j / N`` of the total. Each new block is then predicted
+        to move ``sum(m) / N``; iterating (retrain, measure, re-space) converges to equal movements.
+
+        Args:
+            movements: ``m_k``, the W2 distance block k moved its input, e.g.
+                ``sqrt(E|T_k(x) - x|^2)`` (data side first, all > 0).
+
+        Returns:
+            A new ``JKOScheduler`` with explicit ``step_sizes`` (same solver, grid and block types).
+
+        Raises:
+            ValueError: ``movements`` is not N finite positive numbers.
+        """
+        if isinstance(movements, (Tensor, np.ndarray)):
+            movements = movements.tolist()
+        if isinstance(movements, (str, bytes)) or len(movements) != self.num_blocks:
+            raise ValueError(
+                f"movements must hold one value per block ({self.num_blocks}), got {movements!r}"
+            )
+        m = [_positive(f"movements[{i}]", v) for i, v in enumerate(movements)]
+        cum = [0.0]
+        for v in m:
+            cum.append(cum[-1] + v)
+        total, n, bounds = cum[-1], self.num_blocks, self._bounds
+        new = [0.0]
+        for j in range(1, n):
+            target = total * j / n
+            k = min(max(bisect.bisect_right(cum, target), 1), n)  # old block holding the target
+            new.append(bounds[k - 1] + (target - cum[k - 1]) * self._steps[k - 1] / m[k - 1])
+        new.append(bounds[-1])
+        return self._derived([b - a for a, b in zip(new[:-1], new[1:])], self._types)
+
+    # -- the diffusers interface --------------------------------------------------------------
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: str | torch.device | None = None
+    ) -> None:
+        """Build ``timesteps`` (flow times from ``T_N`` down to 0, one per solver stage).
+
+        Args:
+            num_inference_steps: Total solver steps. Default: ``steps_per_block`` per ``"ode"`` block.
+                Otherwise each ``"map"`` block keeps its one jump and the rest is shared equally among
+                the ``"ode"`` blocks (the remainder going to the longest ones); steps never cross a
+                block boundary.
+            device: Device of ``timesteps`` (float64, or float32 on MPS).
+
+        Raises:
+            ValueError: Fewer steps than blocks, or a count that ``"map"`` blocks cannot absorb.
+        """
+        ode = [k for k, b in enumerate(self._types) if b == "ode"]
+        n_map = self.num_blocks - len(ode)
+        counts = [1] * self.num_blocks
+        if num_inference_steps is None:
+            for k in ode:
+                counts[k] = self.config.steps_per_block
+        else:
+            n = _positive("num_inference_steps", num_inference_steps, integer=True)
+            if n < self.num_blocks or (not ode and n != n_map):
+                raise ValueError(
+                    f"num_inference_steps must be at least the number of blocks ({self.num_blocks}) and "
+                    f"leave steps for the 'ode' blocks (map blocks take one each), got {n}"
+                )
+            base, extra = divmod(n - n_map, len(ode))
+            longest = sorted(ode, key=lambda k: -self._steps[k])[:extra]
+            for k in ode:
+                counts[k] = base + (k in longest)
+        solver = SOLVERS[self.config.solver]
+        stages: list[_Stage] = []
+        for k in reversed(range(self.num_blocks)):  # block N (noise side) first
+            t0, t1, h = self._bounds[k], self._bounds[k + 1], self._steps[k]
+            tab = solver if self._types[k] == "ode" else _EULER
+            dt = -h / counts[k]
+            for i in range(counts[k]):
+                start = t1 + i * dt
+                for j, c in enumerate(tab.c):
+                    t = start + c * dt
+                    if c == 1.0 and i == counts[k] - 1:
+                        t = t0 + BOUNDARY_EPS * h if k > 0 else t0
+                    stages.append(_Stage(t, j, start, dt, tab))
+        self._stages = stages
+        self.num_inference_steps = sum(counts)
+        dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+        self.timesteps = torch.tensor([s.time for s in stages], dtype=dtype, device=device)
+        self._step_index: int | None = None
+        self._x_start: Tensor | None = None
+        self._derivatives: list[Tensor] = []
+
+    def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
+        """The identity: the model takes the sample as it is."""
+        return sample
+
+    def _tolerance(self) -> float:
+        return 1e-6 * max(1.0, self._bounds[-1])
+
+    def _index_for_timestep(self, t: float) -> int:
+        for i, s in enumerate(self._stages):
+            if s.index == 0 and abs(s.time - t) <= self._tolerance():
+                return i
+        raise ValueError(
+            f"timestep {t} does not start a solver step of this schedule; call set_timesteps() and "
+            "step through scheduler.timesteps in order"
+        )
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: float | Tensor,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> JKOSchedulerOutput | tuple[Tensor]:
+        """Advance one solver stage of the reverse-time ODE ``dx/dt = model_output``.
+
+        Args:
+            model_output: The velocity ``dx/dt`` at ``(sample, timestep)``, same shape as ``sample``.
+            timestep: The current entry of ``timesteps`` (checked against the schedule).
+            sample: The model's input at this timestep, any shape.
+            generator: Unused (the sampler is deterministic); accepted for pipeline compatibility.
+            return_dict: Return a ``JKOSchedulerOutput`` (default) or the tuple ``(prev_sample,)``.
+
+        Returns:
+            ``prev_sample``: the next stage's input, or after a step's last stage the solution.
+
+        Raises:
+            ValueError: A timestep out of order, past the end of the schedule, or a shape mismatch.
+        """
+        t = float(timestep.reshape(-1)[0]) if isinstance(timestep, Tensor) else float(timestep)
+        if self._step_index is None:
+            self._step_index = self._index_for_timestep(t)
+        if self._step_index >= len(self._stages):
+            raise ValueError("the schedule is finished; call set_timesteps() before sampling again")
+        stage = self._stages[self._step_index]
+        if abs(stage.time - t) > self._tolerance():
+            raise ValueError(f"expected timestep {stage.time} (step index {self._step_index}), got {t}")
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}"
+            )
+        if stage.index == 0:
+            self._x_start, self._derivatives = sample, []
+        self._derivatives.append(model_output)
+        tab, dt, x = stage.tableau, stage.dt, self._x_start
+        last = stage.index == len(tab.b) - 1
+        weights = tab.b if last else tab.a[stage.index + 1]
+        for w, k in zip(weights, self._derivatives):
+            if w != 0.0:
+                x = x + (dt * w) * k
+        if last:
+            self._x_start, self._derivatives = None, []
+        self._step_index += 1
+        if not return_dict:
+            return (x,)
+        return JKOSchedulerOutput(prev_sample=x)
+
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        # SchedulerMixin looks names up in the diffusers namespace only, where this class is absent.
+        return [cls]
