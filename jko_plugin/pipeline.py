@@ -1,0 +1,259 @@
+r"""Sampling a JKO flow (or any velocity model) the diffusers way: ``JKOFlowPipeline``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import normflows as nf
+import numpy as np
+import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from .block import JKOBlock
+from .model import JKOFlowModel
+from .scheduler import JKOScheduler
+
+__all__ = ["JKOFlowPipeline", "JKOFlowPipelineOutput", "OUTPUT_TYPES"]
+
+OUTPUT_TYPES = ("pt", "np")
+
+
+@dataclass
+class JKOFlowPipelineOutput(BaseOutput):
+    """Output of ``JKOFlowPipeline.__call__``.
+
+    Args:
+        samples: Generated points, shape ``(batch, dim)``: a tensor (``"pt"``) or an array (``"np"``).
+    """
+
+    samples: Tensor | np.ndarray
+
+
+def _check_components(model: torch.nn.Module, scheduler: object) -> None:
+    if isinstance(model, JKOFlowModel):
+        if not isinstance(scheduler, JKOScheduler):
+            raise ValueError(
+                f"a JKOFlowModel lives on the JKO time axis and needs a JKOScheduler, "
+                f"got {type(scheduler).__name__}"
+            )
+        if scheduler.num_blocks != model.num_blocks:
+            raise ValueError(f"scheduler has num_blocks={scheduler.num_blocks}, the model {model.num_blocks}")
+        if scheduler.block_types != model.block_types:
+            raise ValueError(f"scheduler block_types {scheduler.block_types} != model's {model.block_types}")
+        # Boundaries must agree far below BOUNDARY_EPS * h for the boundary stages to reach the right block.
+        for a, b in zip(scheduler.boundaries, model.boundaries):
+            if abs(a - b) > 1e-12 * max(1.0, model.boundaries[-1]):
+                raise ValueError(f"scheduler boundaries {scheduler.boundaries} != model's {model.boundaries}")
+
+
+class JKOFlowPipeline(DiffusionPipeline):
+    r"""Samples a velocity model with a scheduler: a JKO flow (``JKOFlowModel`` + ``JKOScheduler``) or a
+    flow-matching model (``(sample, timestep) -> velocity`` + e.g. ``FlowMatchEulerDiscreteScheduler``).
+
+    The loop is diffusers' usual one: latents ``z ~ N(0, I)`` of shape ``(batch, dim)``, then for each
+    ``t`` in ``scheduler.timesteps``: ``v = model(x, t)``, ``x = scheduler.step(v, t, x).prev_sample``.
+    For a JKO flow this integrates from ``T_N`` (noise) down to 0 (data) and, with the blocks' own
+    solver and steps (as ``from_normflows`` sets up), returns ``flow.forward(z)`` up to rounding.
+
+    Args:
+        model: A ``JKOFlowModel``, or any module whose ``forward(sample, timestep)`` returns the velocity
+            (a tensor, or an output with ``.sample``) and whose ``config.dim`` gives the data dimension.
+        scheduler: A ``JKOScheduler`` (required for a ``JKOFlowModel``, whose blocks, block types and
+            boundaries it must match) or any diffusers ODE scheduler such as
+            ``FlowMatchEulerDiscreteScheduler`` (time runs noise -> data as sigma 1 -> 0).
+
+    Raises:
+        ValueError: A ``JKOFlowModel`` with another scheduler class or a mismatched ``JKOScheduler``.
+
+    Example:
+        >>> import normflows as nf
+        >>> flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False),
+        ...                           [JKOBlock(2, interval=(0.25, 0.6)), JKOBlock(2, interval=(0.0, 0.25))])
+        >>> pipe = JKOFlowPipeline.from_normflows(flow)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe(batch_size=3, generator=torch.Generator().manual_seed(0)).samples.shape
+        torch.Size([3, 2])
+    """
+
+    model_cpu_offload_seq = "model"
+
+    def __init__(self, model: torch.nn.Module, scheduler: Any) -> None:
+        super().__init__()
+        _check_components(model, scheduler)
+        self.register_modules(model=model, scheduler=scheduler)
+
+    @classmethod
+    def from_normflows(
+        cls,
+        flow: nf.NormalizingFlow,
+        *,
+        scheduler: JKOScheduler | None = None,
+        step_sizes: Sequence[float] | None = None,
+        solver: str | None = None,
+        steps_per_block: int | None = None,
+    ) -> JKOFlowPipeline:
+        """A pipeline over the blocks of ``flow`` (shared, not copied).
+
+        Args:
+            flow: An ``nf.NormalizingFlow`` of ``JKOBlock``/``JKOStep`` layers, standard normal base.
+            scheduler: The schedule the flow was trained on; its step sizes become the model's time axis.
+                Exclusive with the other options.
+            step_sizes: The model's ``[h_1, ..., h_N]`` (default: the blocks' intervals, see
+                ``JKOFlowModel.from_normflows``).
+            solver, steps_per_block: Of the new ``JKOScheduler``; default: the ``JKOBlock``s' common
+                ``solver`` and ``steps``, so that sampling reproduces ``flow.forward``.
+
+        Raises:
+            ValueError: ``scheduler`` with another option, blocks that disagree on solver or steps
+                while the option is not given, or any error of ``JKOFlowModel.from_normflows``.
+        """
+        if scheduler is not None:
+            if step_sizes is not None or solver is not None or steps_per_block is not None:
+                raise ValueError("scheduler is exclusive with step_sizes, solver and steps_per_block")
+            return cls(
+                model=JKOFlowModel.from_normflows(flow, step_sizes=scheduler.step_sizes), scheduler=scheduler
+            )
+        model = JKOFlowModel.from_normflows(flow, step_sizes=step_sizes)
+        odes = [b for b in model.flows if isinstance(b, JKOBlock)]
+        for name, value in (("solver", solver), ("steps_per_block", steps_per_block)):
+            attr = "solver" if name == "solver" else "steps"
+            found = {getattr(b, attr) for b in odes}
+            if value is None and len(found) > 1:
+                raise ValueError(f"the JKOBlocks use different {attr} values {sorted(found)}: pass {name}")
+        solver = solver or (odes[0].solver if odes else "rk4")
+        steps_per_block = steps_per_block or (odes[0].steps if odes else 1)
+        types = model.block_types
+        scheduler = JKOScheduler(
+            step_sizes=list(model.step_sizes),
+            solver=solver,
+            steps_per_block=steps_per_block,
+            block_types=None if set(types) == {"ode"} else list(types),
+        )
+        return cls(model=model, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> JKOFlowPipeline:
+        """Load a pipeline saved with ``save_pretrained``; works offline (``HF_HUB_OFFLINE=1``).
+
+        Raises:
+            FileNotFoundError: A local folder without ``model_index.json`` or a component's folder.
+            ValueError, OSError: From the components' loaders, naming the bad file.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            index = folder / cls.config_name
+            if not index.is_file():
+                raise FileNotFoundError(
+                    f"missing file {index} (expected a JKOFlowPipeline.save_pretrained folder)"
+                )
+            try:
+                components = json.loads(index.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{index} is not valid JSON: {e}") from e
+            for name in ("model", "scheduler"):
+                if not (folder / name).is_dir():
+                    raise FileNotFoundError(f"missing folder {folder / name} listed in {index}")
+                if name not in components:
+                    raise ValueError(f"{index} does not list the component {name!r}")
+        kwargs.setdefault("low_cpu_mem_usage", False)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def _velocity(self, sample: Tensor, t: Tensor) -> Tensor:
+        out = self.model(sample, t)
+        if isinstance(out, tuple):
+            out = out[0]
+        return out.sample if hasattr(out, "sample") else out
+
+    def _dim(self) -> int:
+        dim = getattr(getattr(self.model, "config", None), "dim", None)
+        if dim is None:
+            raise ValueError("the model has no config.dim: pass latents of shape (batch, dim)")
+        return int(dim)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: Tensor | None = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+    ) -> JKOFlowPipelineOutput | tuple:
+        """Draw samples.
+
+        Args:
+            batch_size: Number of samples (default 1, or ``latents.shape[0]``).
+            num_inference_steps: Solver steps. ``None``: the ``JKOScheduler``'s default grid
+                (required for other schedulers).
+            generator: Makes the latents reproducible.
+            latents: Latents ``z`` of shape ``(batch, dim)`` to start from (moved to the model's
+                device and dtype) instead of drawing them.
+            output_type: ``"pt"`` (tensor, default) or ``"np"`` (numpy array).
+            return_dict: Return ``JKOFlowPipelineOutput`` (default) or the tuple ``(samples,)``.
+
+        Returns:
+            ``JKOFlowPipelineOutput`` with ``samples`` of shape ``(batch, dim)``.
+
+        Raises:
+            ValueError: An unknown ``output_type``, latents of the wrong shape or count, or a
+                missing ``num_inference_steps`` for a non-JKO scheduler.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
+        if num_inference_steps is None and not isinstance(self.scheduler, JKOScheduler):
+            raise ValueError(f"num_inference_steps is required with {type(self.scheduler).__name__}")
+        device, dtype = self._execution_device, self.model.dtype
+        if latents is None:
+            n = 1 if batch_size is None else batch_size
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            x = randn_tensor((n, self._dim()), generator=generator, device=device, dtype=dtype)
+            # Flow-matching schedulers define no init_noise_sigma: their noise end is unit noise.
+            x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        else:
+            if latents.dim() != 2 or (
+                hasattr(getattr(self.model, "config", None), "dim") and latents.shape[1] != self._dim()
+            ):
+                raise ValueError(f"latents must have shape (batch, dim), got {tuple(latents.shape)}")
+            if batch_size is not None and batch_size != latents.shape[0]:
+                raise ValueError(f"batch_size={batch_size} but latents hold {latents.shape[0]} samples")
+            x = latents.to(device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # Deterministic ODE schedulers may not take a generator (diffusers' Heun does not).
+        extra = (
+            {"generator": generator}
+            if "generator" in inspect.signature(self.scheduler.step).parameters
+            else {}
+        )
+        scale = getattr(self.scheduler, "scale_model_input", None)  # flow-matching schedulers have none
+        for t in self.progress_bar(self.scheduler.timesteps):
+            v = self._velocity(x if scale is None else scale(x, t), t)
+            x = self.scheduler.step(v, t, x, **extra).prev_sample
+        self.maybe_free_model_hooks()
+        samples = x.cpu().numpy() if output_type == "np" else x
+        if not return_dict:
+            return (samples,)
+        return JKOFlowPipelineOutput(samples=samples)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density ``log p(x)`` of the JKO flow, shape ``(batch,)`` (see ``JKOFlowModel.log_prob``).
+
+        Raises:
+            TypeError: The model is not a ``JKOFlowModel`` (a generic velocity model has no likelihood here).
+        """
+        if not isinstance(self.model, JKOFlowModel):
+            raise TypeError(f"log_prob needs a JKOFlowModel, got {type(self.model).__name__}")
+        p = next(self.model.parameters())
+        return self.model.log_prob(x.to(device=p.device, dtype=p.dtype))

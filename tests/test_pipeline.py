@@ -1,0 +1,378 @@
+import doctest
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import normflows as nf
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+import jko_plugin.model
+import jko_plugin.pipeline
+import jko_plugin.scheduler
+from jko_plugin import JKOBlock, JKOStep
+from jko_plugin.model import LAYER_TYPES, JKOFlowModel, build_layer, describe_layer
+from jko_plugin.pipeline import JKOFlowPipeline, JKOFlowPipelineOutput
+from jko_plugin.scheduler import JKOScheduler
+
+from .flowcheck import perturb
+
+DIM = 2
+
+
+def spline_step(dim=DIM):
+    layers = [
+        nf.flows.AutoregressiveRationalQuadraticSpline(dim, 1, 8, permute_mask=True, init_identity=False),
+        nf.flows.LULinearPermute(dim, identity_init=False),
+        nf.flows.ActNorm((dim,)),
+    ]
+    return JKOStep(layers, dim=dim)
+
+
+def make_flow(kinds=("ode", "ode", "ode"), solver="rk4", steps=3, dtype=torch.float64):
+    """A random JKO flow (normflows order: flows[0] = block N); ODE blocks on their schedule intervals."""
+    steps_sizes = [0.25, 0.35, 0.5, 0.7][: len(kinds)]
+    bounds = np.concatenate([[0.0], np.cumsum(steps_sizes)])
+    flows = []
+    for k in reversed(range(len(kinds))):  # block k+1, from the noise side
+        if kinds[k] == "ode":
+            block = JKOBlock(DIM, (16,), solver=solver, steps=steps, interval=(bounds[k], bounds[k + 1]))
+        else:
+            block = spline_step()
+        perturb(block, 0.8)
+        flows.append(block)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(DIM, trainable=False), flows).to(dtype)
+    with torch.no_grad():  # ActNorm's data-dependent initialisation, once
+        flow.forward(torch.randn(64, DIM, dtype=dtype))
+    return flow, steps_sizes
+
+
+def quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# -- model ---------------------------------------------------------------------------------------
+def test_from_normflows_shares_the_trained_tensors():
+    flow, h = make_flow(("ode", "map", "ode"))
+    model = JKOFlowModel.from_normflows(flow, step_sizes=h)
+    for a, b in zip(model.flows, flow.flows):
+        assert a is b
+    assert [p.data_ptr() for p in model.parameters()] == [p.data_ptr() for p in flow.flows.parameters()]
+    back = model.to_normflows()
+    assert all(a is b for a, b in zip(back.flows, flow.flows))
+    assert isinstance(back.q0, nf.distributions.DiagGaussian) and not list(back.q0.parameters())
+    z = torch.randn(5, DIM, dtype=torch.float64)
+    torch.testing.assert_close(back.forward(z), flow.forward(z), rtol=0, atol=0)
+    assert model.block_types == ("ode", "map", "ode") and model.step_sizes == tuple(h)
+
+
+def test_from_normflows_needs_step_sizes_for_steps_and_reads_ode_intervals():
+    flow, h = make_flow(("ode", "ode"))
+    model = JKOFlowModel.from_normflows(flow)
+    assert model.step_sizes == pytest.approx(h, rel=1e-7)  # from the blocks' (float32) intervals
+    flow, h = make_flow(("ode", "map"))
+    with pytest.raises(ValueError, match="pass step_sizes"):
+        JKOFlowModel.from_normflows(flow)
+
+
+def test_forward_uses_the_block_of_each_time():
+    flow, h = make_flow(("ode", "map", "ode"))
+    model = JKOFlowModel.from_normflows(flow, step_sizes=h)
+    x = torch.randn(4, DIM, dtype=torch.float64)
+    top = flow.flows[0]  # block 3 on [0.6, 1.1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, 0.85), top.velocity(x, 0.5) / 0.5)
+        torch.testing.assert_close(
+            model(x, torch.tensor(1.1, dtype=torch.float64)), top.velocity(x, 1.0) / 0.5
+        )
+        torch.testing.assert_close(model(x, 0.6 + 1e-9), top.velocity(x, 2e-9) / 0.5)
+        # block 2 is a map F: at T_2 = 0.6 the model returns the secant velocity (x - F(x)) / h_2
+        torch.testing.assert_close(model(x, 0.6), (x - flow.flows[1](x)[0]) / 0.35)
+        torch.testing.assert_close(model(x, 0.0), flow.flows[2].velocity(x, 0.0) / 0.25)
+    assert [model.block_index(t) for t in (0.0, 0.1, 0.25, 0.2500001, 0.6, 1.1)] == [1, 1, 1, 2, 2, 3]
+    with pytest.raises(ValueError, match="defined at t = 0.6"):
+        model(x, 0.4)
+    with pytest.raises(ValueError, match="time axis"):
+        model(x, 1.2)
+    with pytest.raises(ValueError, match="single time"):
+        model(x, torch.tensor([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_TYPES))
+def test_every_supported_layer_is_rebuilt_from_its_description(name):
+    cls = LAYER_TYPES[name][0]
+    makers = {
+        "AutoregressiveRationalQuadraticSpline": lambda: cls(
+            3, 2, 8, num_bins=5, tail_bound=2.5, activation=torch.nn.Tanh, permute_mask=True
+        ),
+        "CoupledRationalQuadraticSpline": lambda: cls(3, 1, 8, reverse_mask=True, activation=torch.nn.ELU),
+        "LULinearPermute": lambda: cls(3, identity_init=False),
+        "Permute": lambda: cls(3, mode="shuffle"),
+        "ActNorm": lambda: cls((3,)),
+        "AffineConstFlow": lambda: cls((3,), shift=False),
+    }
+    layer = makers[name]().double()
+    perturb(layer, 0.5)
+    spec = json.loads(json.dumps(describe_layer(layer)))
+    rebuilt = build_layer(spec).double()
+    rebuilt.load_state_dict(layer.state_dict(), strict=True)
+    z = torch.randn(7, 3, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(layer(z), rebuilt(z)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_unsupported_layers_and_bases_are_rejected():
+    planar = JKOStep([nf.flows.Planar((DIM,))], dim=DIM)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(DIM, trainable=False), [planar])
+    with pytest.raises(ValueError, match="cannot save a Planar layer; supported: \\['ActNorm'"):
+        JKOFlowModel.from_normflows(flow, step_sizes=[1.0])
+    lrelu = JKOStep(
+        [nf.flows.AutoregressiveRationalQuadraticSpline(DIM, 1, 4, activation=torch.nn.Sigmoid)], dim=DIM
+    )
+    lrelu.flows[0].mprqat.autoregressive_net.blocks[0].activation = torch.nn.LeakyReLU(0.3)
+    with pytest.raises(ValueError, match="default arguments"):
+        JKOFlowModel.from_normflows(nf.NormalizingFlow(flow.q0, [lrelu]), step_sizes=[1.0])
+    q0 = nf.distributions.DiagGaussian(DIM, trainable=False)
+    q0.loc += 1.0
+    with pytest.raises(ValueError, match="standard normal"):
+        JKOFlowModel.from_normflows(nf.NormalizingFlow(q0, [JKOBlock(DIM)]))
+    with pytest.raises(ValueError, match="JKOBlock or a JKOStep"):
+        JKOFlowModel.from_normflows(nf.NormalizingFlow(flow.q0, [nf.flows.Planar((DIM,))]), step_sizes=[1.0])
+
+
+def test_bad_model_config_raises():
+    ode = {"type": "ode", "kwargs": JKOBlock(DIM).config()}
+    with pytest.raises(ValueError, match="one entry per block"):
+        JKOFlowModel(dim=DIM, blocks=[ode, ode], step_sizes=[0.5])
+    with pytest.raises(ValueError, match="step_sizes\\[0\\]"):
+        JKOFlowModel(dim=DIM, blocks=[ode], step_sizes=[0.0])
+    with pytest.raises(ValueError, match="block type must be one of \\['map', 'ode'\\], got 'spline'"):
+        JKOFlowModel(dim=DIM, blocks=[{"type": "spline"}], step_sizes=[0.5])
+    with pytest.raises(ValueError, match="has dim 2, the model has dim 3"):
+        JKOFlowModel(dim=3, blocks=[ode], step_sizes=[0.5])
+
+
+# -- pipeline = normflows ------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", ["rk4", "heun", "euler"])
+@pytest.mark.parametrize("kinds", [("ode", "ode", "ode"), ("map", "ode", "map", "ode")])
+def test_pipeline_samples_equal_normflows_forward(solver, kinds):
+    flow, h = make_flow(kinds, solver=solver)
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow, step_sizes=h))
+    assert pipe.scheduler.config.solver == solver and pipe.scheduler.config.steps_per_block == 3
+    z = torch.randn(32, DIM, dtype=torch.float64)
+    out = pipe(latents=z).samples
+    with torch.no_grad():
+        ref = flow.forward(z)
+    # the only difference: stages at a block's data end are evaluated 1e-9 h inside the block
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)
+    x = ref[:8]
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.log_prob(x), flow.log_prob(x), rtol=0, atol=1e-12)
+
+
+def test_pipeline_from_a_trained_schedule_and_regridded_steps():
+    flow, h = make_flow(("ode", "ode"), steps=4)
+    schedule = JKOScheduler(step_sizes=h, steps_per_block=4)
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow, scheduler=schedule))
+    z = torch.randn(16, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        ref = flow.forward(z)
+    coarse = (pipe(latents=z, num_inference_steps=2).samples - ref).abs().max()
+    fine = (pipe(latents=z, num_inference_steps=16).samples - ref).abs().max()
+    assert fine < coarse and fine < 1e-5 < coarse  # RK4 on finer grids converges to the same ODE flow
+
+
+def test_pipeline_call_options():
+    flow, h = make_flow(("ode", "map"), dtype=torch.float32)
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow, step_sizes=h))
+    a = pipe(batch_size=6, generator=torch.Generator().manual_seed(3))
+    b = pipe(batch_size=6, generator=torch.Generator().manual_seed(3), output_type="np", return_dict=False)
+    c = pipe(batch_size=6, generator=torch.Generator().manual_seed(4)).samples
+    assert (
+        isinstance(a, JKOFlowPipelineOutput)
+        and a.samples.shape == (6, DIM)
+        and a.samples.dtype == torch.float32
+    )
+    assert isinstance(b, tuple) and isinstance(b[0], np.ndarray)
+    np.testing.assert_array_equal(a.samples.numpy(), b[0])
+    assert not torch.allclose(a.samples, c)
+    assert pipe().samples.shape == (1, DIM)
+    seen = []
+    pipe.progress_bar = lambda it: seen.append(len(it)) or it
+    pipe(batch_size=2)
+    assert seen == [len(pipe.scheduler.timesteps)]
+    with pytest.raises(ValueError, match="output_type must be one of \\['pt', 'np'\\], got 'pil'"):
+        pipe(output_type="pil")
+    with pytest.raises(ValueError, match="latents must have shape"):
+        pipe(latents=torch.randn(3, DIM + 1))
+    with pytest.raises(ValueError, match="batch_size=2 but latents hold 3"):
+        pipe(batch_size=2, latents=torch.randn(3, DIM))
+
+
+def test_pipeline_rejects_mismatched_components():
+    flow, h = make_flow(("ode", "map"))
+    model = JKOFlowModel.from_normflows(flow, step_sizes=h)
+    with pytest.raises(ValueError, match="num_blocks=3"):
+        JKOFlowPipeline(model, JKOScheduler(num_blocks=3))
+    with pytest.raises(ValueError, match="block_types"):
+        JKOFlowPipeline(model, JKOScheduler(step_sizes=h))
+    with pytest.raises(ValueError, match="boundaries"):
+        JKOFlowPipeline(model, JKOScheduler(step_sizes=[0.25, 0.36], block_types=["ode", "map"]))
+    with pytest.raises(ValueError, match="needs a JKOScheduler"):
+        JKOFlowPipeline(model, FlowMatchEulerDiscreteScheduler())
+    with pytest.raises(ValueError, match="exclusive"):
+        JKOFlowPipeline.from_normflows(flow, scheduler=JKOScheduler(step_sizes=h), step_sizes=h)
+    mixed, h = make_flow(("ode", "ode"))
+    mixed.flows[0].steps = 5
+    with pytest.raises(ValueError, match="different steps values \\[3, 5\\]: pass steps_per_block"):
+        JKOFlowPipeline.from_normflows(mixed)
+
+
+# -- save and load -------------------------------------------------------------------------------
+def test_model_config_round_trip(tmp_path):
+    flow, h = make_flow(("map", "ode"))
+    model = JKOFlowModel.from_normflows(flow, step_sizes=h)
+    model.save_pretrained(tmp_path)
+    loaded = JKOFlowModel.from_pretrained(tmp_path)
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == {
+        k: v for k, v in model.config.items() if not k.startswith("_")
+    }
+    assert loaded.dtype == torch.float64
+    for (n, a), (m, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n == m
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+LOAD_AND_SAMPLE = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    from jko_plugin.pipeline import JKOFlowPipeline
+    pipe = JKOFlowPipeline.from_pretrained(sys.argv[1])
+    pipe.set_progress_bar_config(disable=True)
+    x = pipe(batch_size=16, generator=torch.Generator().manual_seed(7)).samples
+    z = torch.from_numpy(np.load(sys.argv[2]))
+    logp = pipe.log_prob(z).numpy()[:, None].repeat(2, 1)
+    np.save(sys.argv[3], np.stack([x.numpy(), pipe(latents=z).samples.numpy(), logp]))
+    """
+)
+
+
+def test_pipeline_save_load_in_a_fresh_offline_process(tmp_path):
+    flow, h = make_flow(("ode", "map", "ode"))
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow, step_sizes=h))
+    pipe.save_pretrained(tmp_path / "pipe")
+    z = torch.randn(16, DIM, dtype=torch.float64)
+    np.save(tmp_path / "z.npy", z.numpy())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_AND_SAMPLE,
+            str(tmp_path / "pipe"),
+            str(tmp_path / "z.npy"),
+            str(tmp_path / "o.npy"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    got = np.load(tmp_path / "o.npy", allow_pickle=False)
+    expected = [
+        pipe(batch_size=16, generator=torch.Generator().manual_seed(7)).samples.numpy(),
+        pipe(latents=z).samples.numpy(),
+        pipe.log_prob(z).numpy()[:, None].repeat(2, 1),
+    ]
+    np.testing.assert_array_equal(got, np.stack(expected))
+
+
+def test_loading_errors_name_the_file(tmp_path):
+    flow, h = make_flow(("ode", "map"))
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow, step_sizes=h))
+
+    def saved(name):
+        pipe.save_pretrained(tmp_path / name)
+        return tmp_path / name
+
+    weights = saved("a") / "model" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "a")
+    weights = saved("b") / "model" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(OSError, match="diffusion_pytorch_model.safetensors"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "b")
+    (saved("c") / "model" / "config.json").write_text("{not json")
+    with pytest.raises(OSError, match="config.json"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "c")
+    (saved("d") / "model_index.json").unlink()
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "d")
+    (saved("e") / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(OSError, match="scheduler_config.json"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "e")
+    config = saved("f") / "model" / "config.json"
+    config.write_text(config.read_text().replace('"step_sizes": [\n    0.25', '"step_sizes": [\n    -0.25'))
+    with pytest.raises(ValueError, match="config.json.*step_sizes\\[0\\]"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "f")
+    # weights that do not fit the config: a model with other blocks under the same names
+    other, _ = make_flow(("ode", "ode"))
+    JKOFlowModel.from_normflows(other, step_sizes=h).save_pretrained(saved("g") / "x")
+    os.replace(
+        tmp_path / "g" / "x" / "diffusion_pytorch_model.safetensors",
+        tmp_path / "g" / "model" / "diffusion_pytorch_model.safetensors",
+    )
+    with pytest.raises(ValueError, match="weights in .*diffusion_pytorch_model.safetensors do not match"):
+        JKOFlowPipeline.from_pretrained(tmp_path / "g")
+
+
+# -- flow matching through the same pipeline ---------------------------------------------------------
+class GaussianPathVelocity(ModelMixin, ConfigMixin):
+    """Exact velocity of the linear path x_s = (1 - s) x0 + s eps, x0 ~ N(m, sd^2 I), in diffusers'
+    flow-matching convention (``timestep = 1000 s``, returns dx/ds). Its flow maps z to m + sd z."""
+
+    @register_to_config
+    def __init__(self, dim: int = 2, mean: float = 1.5, std: float = 0.5):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a dtype and a device
+
+    def forward(self, sample, timestep):
+        s = timestep.to(sample.dtype) / 1000.0
+        m, sd, a = self.config.mean, self.config.std, 1.0 - s
+        var = a * a * sd * sd + s * s
+        return (s - a * sd * sd) / var * (sample - a * m) - m + 0 * self.anchor
+
+
+def test_flow_matching_model_and_scheduler_through_the_same_pipeline():
+    model = GaussianPathVelocity()
+    pipe = quiet(JKOFlowPipeline(model=model, scheduler=FlowMatchEulerDiscreteScheduler()))
+    z = torch.randn(256, 2)
+    errors = []
+    for n in (25, 50, 100):
+        x = pipe(latents=z, num_inference_steps=n).samples
+        errors.append(float((x - (1.5 + 0.5 * z)).abs().max()))
+    assert errors[-1] < 3e-2 and 1.6 < errors[0] / errors[1] < 2.4 and 1.6 < errors[1] / errors[2] < 2.4, (
+        errors
+    )
+    x = pipe(batch_size=4000, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).samples
+    assert abs(float(x.mean()) - 1.5) < 0.03 and abs(float(x.std()) - 0.5) < 0.03
+    with pytest.raises(ValueError, match="num_inference_steps is required"):
+        pipe(batch_size=2)
+    with pytest.raises(TypeError, match="log_prob needs a JKOFlowModel"):
+        pipe.log_prob(z)
+
+
+def test_docstring_examples_run():
+    for module in (jko_plugin.scheduler, jko_plugin.model, jko_plugin.pipeline):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
