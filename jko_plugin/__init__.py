@@ -1,9 +1,28 @@
 r"""jko-plugin: JKO flow models (block-wise Wasserstein proximal steps) for normflows and diffusers."""
 
 from .block import JKOBlock, Transport
+from .checkpoint import CheckpointError
+from .flows import jko_steps, make_flow, make_spline_step
+from .history import BlockRecord, TrainingHistory
 from .step import JKOStep
+from .trainer import JKOTrainer, TrainerOptions, TrainingDiverged
 from .velocity import VelocityMLP
 
 __version__ = "0.1.0"
 
-__all__ = ["JKOBlock", "JKOStep", "Transport", "VelocityMLP", "__version__"]
+__all__ = [
+    "BlockRecord",
+    "CheckpointError",
+    "JKOBlock",
+    "JKOStep",
+    "JKOTrainer",
+    "TrainerOptions",
+    "TrainingDiverged",
+    "TrainingHistory",
+    "Transport",
+    "VelocityMLP",
+    "jko_steps",
+    "make_flow",
+    "make_spline_step",
+    "__version__",
+]

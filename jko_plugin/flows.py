@@ -1,0 +1,70 @@
+r"""Ready-made JKO flows: a stack of ODE blocks or of spline steps on a standard normal base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import normflows as nf
+from normflows.flows import Flow
+
+from .block import JKOBlock
+from .step import JKOStep
+
+__all__ = ["BLOCK_KINDS", "make_flow", "make_spline_step", "jko_steps"]
+
+BLOCK_KINDS = ("ode", "spline")
+
+
+def make_spline_step(
+    dim: int, *, layers: int = 2, hidden: int = 64, bins: int = 8, tail_bound: float = 5.0, res_blocks: int = 2
+) -> JKOStep:
+    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers, each followed by
+    an LU permutation (normflows' own layers; identity at initialisation)."""
+    if layers < 1:
+        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    flows: list[Flow] = []
+    for _ in range(layers):
+        flows.append(nf.flows.AutoregressiveRationalQuadraticSpline(dim, res_blocks, hidden, num_bins=bins, tail_bound=tail_bound))
+        flows.append(nf.flows.LULinearPermute(dim))
+    return JKOStep(flows, dim=dim)
+
+
+def make_flow(
+    dim: int,
+    num_blocks: int,
+    *,
+    block: str = "ode",
+    hidden: Sequence[int] = (64, 64),
+    spline_layers: int = 2,
+    spline_hidden: int = 64,
+    spline_bins: int = 8,
+    **block_kwargs: object,
+) -> nf.NormalizingFlow:
+    """A ``nf.NormalizingFlow`` of ``num_blocks`` JKO steps on ``N(0, I)``, ready for ``JKOTrainer``.
+
+    Args:
+        dim: Data dimension.
+        num_blocks: Number of JKO steps.
+        block: ``"ode"`` (``JKOBlock``) or ``"spline"`` (``JKOStep`` of spline layers).
+        hidden: Hidden widths of each ODE block's velocity MLP.
+        spline_layers, spline_hidden, spline_bins: Shape of each spline step.
+        **block_kwargs: Further ``JKOBlock`` options (``steps``, ``solver``, ``activation``, ...).
+    """
+    if block not in BLOCK_KINDS:
+        raise ValueError(f"block must be one of {list(BLOCK_KINDS)}, got {block!r}")
+    if not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+    if block == "ode":
+        flows = [JKOBlock(dim, hidden, **block_kwargs) for _ in range(num_blocks)]
+    else:
+        if block_kwargs:
+            raise ValueError(f"options {sorted(block_kwargs)} apply to ODE blocks only, not to block='spline'")
+        flows = [
+            make_spline_step(dim, layers=spline_layers, hidden=spline_hidden, bins=spline_bins) for _ in range(num_blocks)
+        ]
+    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
+
+
+def jko_steps(flow: nf.NormalizingFlow) -> list[JKOBlock | JKOStep]:
+    """The JKO steps of ``flow`` in training order (data side first, i.e. ``flows[-1]`` first)."""
+    return [f for f in reversed(flow.flows) if isinstance(f, (JKOBlock, JKOStep))]

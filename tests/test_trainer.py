@@ -1,0 +1,305 @@
+import json
+import math
+
+import normflows as nf
+import pytest
+import torch
+
+from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, make_flow
+from jko_plugin.history import TrainingHistory, knn_entropy
+
+
+def moons(n, seed=0):
+    # Standardised two moons (noise 0.05), without scikit-learn.
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * math.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
+    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
+    pts = torch.stack([x, y], 1) + 0.05 * torch.randn(n, 2, generator=g)
+    return (pts - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5])
+
+
+def jko_gaussian_step(m, s, h):
+    """Exact JKO step of N(m, s^2) towards N(0, 1): mean m/(1+h), std a*s with
+    (1+h) a^2 s^2 - a s^2 - h = 0, a > 0."""
+    a = (s**2 + math.sqrt(s**4 + 4 * (1 + h) * s**2 * h)) / (2 * (1 + h) * s**2)
+    return m / (1 + h), a * s
+
+
+def small_trainer(flow, hs, **kw):
+    opts = dict(iterations=60, batch_size=128, lr=5e-3, progress=False, seed=0)
+    opts.update(kw)
+    return JKOTrainer(flow, hs, **opts)
+
+
+def test_closed_form_gaussian_step_reference():
+    # The reference itself: the exact step lowers KL + W2^2/(2h) below nearby Gaussians.
+    def objective(mu, sd, m, s, h):
+        kl = 0.5 * (sd**2 + mu**2 - 1) - math.log(sd)
+        return kl + ((mu - m) ** 2 + (sd - s) ** 2) / (2 * h)
+
+    m, s, h = 1.5, 0.4, 0.7
+    mu, sd = jko_gaussian_step(m, s, h)
+    best = objective(mu, sd, m, s, h)
+    for dm in (-1e-2, 1e-2):
+        assert objective(mu + dm, sd, m, s, h) > best
+        assert objective(mu, sd + dm, m, s, h) > best
+
+
+@pytest.mark.parametrize("h", [0.3, 1.5])
+def test_one_block_reproduces_the_exact_gaussian_jko_step(h):
+    torch.manual_seed(0)
+    m = torch.tensor([2.0, -1.0])
+    s = torch.tensor([0.5, 1.6])
+    x = torch.randn(8192, 2) * s + m
+    flow = make_flow(2, 1, hidden=(32, 32), steps=2)
+    small_trainer(flow, [h], iterations=400, batch_size=512, lr=1e-2).fit(x)
+    with torch.no_grad():
+        z, _ = flow.flows[0].inverse(x)
+    for j in range(2):
+        mu, sd = jko_gaussian_step(float(x[:, j].mean()), float(x[:, j].std()), h)
+        assert float(z[:, j].mean()) == pytest.approx(mu, abs=0.03 * max(1.0, abs(mu)))
+        assert float(z[:, j].std()) == pytest.approx(sd, rel=0.03)
+
+
+def test_moons_kl_decreases_and_movement_shrinks():
+    x, x_val = moons(4000, 0), moons(1000, 1)
+    flow = make_flow(2, 3, hidden=(32, 32), steps=2)
+    hist = small_trainer(flow, [0.5, 0.7, 1.0], iterations=150, batch_size=256).fit(x, x_val)
+    kl = [b.kl_estimate for b in hist.blocks]
+    assert all(b <= a + 1e-3 for a, b in zip(kl, kl[1:])), kl
+    assert kl[-1] < kl[0] - 1e-3
+    assert hist.blocks[-1].w2_movement < hist.blocks[0].w2_movement
+    # The KL estimate is the held-out NLL less the kNN entropy of the data.
+    with torch.no_grad():
+        nll = -flow.log_prob(x_val).mean()
+    assert hist.blocks[-1].nll == pytest.approx(float(nll), rel=1e-4)
+    assert hist.blocks[-1].kl_estimate == pytest.approx(float(nll) - knn_entropy(x_val), rel=1e-4)
+    for b in hist.blocks:
+        assert b.loss == pytest.approx(b.potential + b.neg_log_det + b.transport)
+        assert b.inversion_error < 1e-2 and b.seconds > 0
+    d = json.loads(json.dumps(hist.to_dict()))
+    assert TrainingHistory.from_dict(d).to_dict() == d
+    assert "W2 move" in hist.summary()
+
+
+def test_spline_steps_beat_a_gaussian_fit():
+    x, x_val = moons(3000, 0), moons(1000, 1)
+    flow = make_flow(2, 2, block="spline", spline_hidden=32)
+    hist = small_trainer(flow, [0.5, 1.0], iterations=200, batch_size=256).fit(x, x_val)
+    gauss_nll = 0.5 * torch.logdet(2 * math.pi * math.e * torch.cov(x_val.T))
+    assert hist.blocks[-1].nll < float(gauss_nll) - 0.2
+    with torch.no_grad():
+        assert hist.blocks[-1].nll == pytest.approx(float(-flow.log_prob(x_val).mean()), rel=1e-4)
+
+
+def test_kinetic_cost_and_other_layers_untouched():
+    x = moons(1000)
+    act = nf.flows.ActNorm(2)
+    flows = [JKOBlock(2, hidden=(16,), steps=2), act, JKOBlock(2, hidden=(16,), steps=2)]
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False), flows)
+    hist = small_trainer(flow, [0.5, 1.0], transport_cost="kinetic").fit(x)
+    assert len(hist.blocks) == 2
+    # ActNorm was initialised on the pushed data but not trained: exactly its data-dependent init.
+    assert bool(act.data_dep_init_done)
+    # Block 1 (data side, flows[-1]) sits on [0, h1], block 2 on [h1, h1 + h2].
+    assert flows[2].interval.tolist() == [0.0, 0.5] and flows[0].interval.tolist() == [0.5, 1.5]
+
+
+def test_same_seed_same_model():
+    x = moons(800)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        flow = make_flow(2, 2, hidden=(16,), steps=1)
+        small_trainer(flow, [0.5, 1.0], iterations=20, seed=3).fit(x)
+        states.append(flow.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_max_blocks_appends_until_the_rule_holds():
+    x = moons(800)
+    flow = make_flow(2, 1, hidden=(16,), steps=1)
+    trainer = small_trainer(flow, [0.5], iterations=10, tol=1e-12, max_blocks=3, growth=2.0)
+    hist = trainer.fit(x)
+    assert len(hist.blocks) == 3 and len(flow.flows) == 3
+    assert [b.step_size for b in hist.blocks] == [0.5, 1.0, 2.0]
+    assert not hist.converged
+    flow = make_flow(2, 1, hidden=(16,), steps=1)
+    hist = small_trainer(flow, [0.5], iterations=10, tol=1e6, max_blocks=3).fit(x)
+    assert len(hist.blocks) == 1 and hist.converged
+
+
+def test_stop_early_drops_untrained_steps():
+    flow = make_flow(2, 3, hidden=(16,), steps=1)
+    hist = small_trainer(flow, [0.5, 1, 2], iterations=10, tol=1e6, stop_early=True).fit(moons(500))
+    assert len(hist.blocks) == 1 and len(flow.flows) == 1
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
+    x = moons(800)
+
+    def run(ckpt, **kw):
+        torch.manual_seed(0)
+        flow = make_flow(2, 3, hidden=(16,), steps=1)
+        trainer = small_trainer(flow, [0.5, 0.7, 1.0], iterations=30, warm_start=True)
+        return flow, trainer, trainer.fit(x, checkpoint_dir=ckpt, **kw) if "go" not in kw else None
+
+    full, _, _ = run(tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record.index == 2:
+            raise Stop
+
+    torch.manual_seed(0)
+    flow = make_flow(2, 3, hidden=(16,), steps=1)
+    with pytest.raises(Stop):
+        small_trainer(flow, [0.5, 0.7, 1.0], iterations=30, warm_start=True).fit(
+            x, checkpoint_dir=tmp_path / "cut", callback=stop_after_two
+        )
+    meta = json.loads((tmp_path / "cut" / "trainer.json").read_text())
+    assert meta["blocks_trained"] == 2
+    saved = {k: v.clone() for k, v in flow.state_dict().items()}
+
+    torch.manual_seed(123)  # a different fresh model: everything must come from the checkpoint
+    fresh = make_flow(2, 3, hidden=(16,), steps=1)
+    hist = small_trainer(fresh, [0.5, 0.7, 1.0], iterations=30, warm_start=True).fit(
+        x, checkpoint_dir=tmp_path / "cut", resume=True
+    )
+    assert [b.index for b in hist.blocks] == [1, 2, 3]
+    for k, v in fresh.state_dict().items():
+        if k.startswith(("flows.1.", "flows.2.")):  # blocks 1 and 2 (data side)
+            assert torch.equal(v, saved[k]), k
+        assert torch.equal(v, full.state_dict()[k]), k
+
+
+def test_killed_mid_block_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    x = moons(600)
+    flow = make_flow(2, 2, hidden=(16,), steps=1)
+    trainer = small_trainer(flow, [0.5, 1.0], iterations=20)
+    original = JKOTrainer._train_block
+
+    def dies_in_block_two(self, step, data, h, k):
+        if k == 2:
+            raise KeyboardInterrupt
+        return original(self, step, data, h, k)
+
+    monkeypatch.setattr(JKOTrainer, "_train_block", dies_in_block_two)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(x, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(JKOTrainer, "_train_block", original)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["trainer.json", "weights-001.safetensors"]
+    torch.manual_seed(5)
+    again = make_flow(2, 2, hidden=(16,), steps=1)
+    hist = small_trainer(again, [0.5, 1.0], iterations=20).fit(x, checkpoint_dir=tmp_path, resume=True)
+    assert len(hist.blocks) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer.json", "weights-002.safetensors"]
+
+
+def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
+    x = moons(600)
+    small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError, match="resume=True"):
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="another model"):
+        small_trainer(make_flow(2, 1, hidden=(8,), steps=1), [0.5], iterations=5).fit(
+            x, checkpoint_dir=tmp_path, resume=True
+        )
+    with pytest.raises(CheckpointError, match="trainer options"):
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=7).fit(
+            x, checkpoint_dir=tmp_path, resume=True
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_corrupt_or_missing_checkpoint_files_are_named(tmp_path):
+    x = moons(600)
+    small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    weights = tmp_path / "weights-001.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="weights-001.safetensors"):
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(
+            x, checkpoint_dir=tmp_path, resume=True
+        )
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(
+            x, checkpoint_dir=tmp_path, resume=True
+        )
+    (tmp_path / "trainer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="trainer.json"):
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(
+            x, checkpoint_dir=tmp_path, resume=True
+        )
+
+
+def test_divergence_is_reported_and_checkpoint_kept(tmp_path):
+    x = moons(600)
+    flow = make_flow(2, 2, hidden=(16,), steps=1)
+    trainer = small_trainer(flow, [0.5, 1.0], iterations=5)
+    original = JKOTrainer._loss_terms
+
+    def nan_in_block_two(self, step, out, h):
+        terms = original(self, step, out, h)
+        return (terms[0] * float("nan"), *terms[1:]) if step is flow.flows[0] and step.training else terms
+
+    JKOTrainer._loss_terms = nan_in_block_two
+    try:
+        with pytest.raises(TrainingDiverged, match="block 2 diverged"):
+            trainer.fit(x, checkpoint_dir=tmp_path)
+    finally:
+        JKOTrainer._loss_terms = original
+    assert json.loads((tmp_path / "trainer.json").read_text())["blocks_trained"] == 1
+
+
+@pytest.mark.parametrize(
+    "data, kw, err, match",
+    [
+        (torch.tensor([[0.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]] * 100), {}, ValueError, "NaN or inf in 200 of 300 rows"),
+        (torch.randn(100, 2), {"batch_size": 128}, ValueError, "fewer than batch_size=128"),
+        (torch.randn(300, 3), {}, ValueError, "dimension 3, the model's is 2"),
+        (torch.randn(300), {}, ValueError, "2-D"),
+        (torch.zeros(0, 2), {}, ValueError, "empty"),
+    ],
+)
+def test_bad_data(data, kw, err, match):
+    with pytest.raises(err, match=match):
+        small_trainer(make_flow(2, 1, hidden=(8,), steps=1), [0.5], **kw).fit(data)
+
+
+def test_bad_schedule_and_options():
+    flow = make_flow(2, 2, hidden=(8,), steps=1)
+    with pytest.raises(ValueError, match="positive"):
+        JKOTrainer(flow, [0.5, 0.0])
+    with pytest.raises(ValueError, match="positive"):
+        JKOTrainer(flow, [0.5, -1.0])
+    with pytest.raises(ValueError, match="2 JKO steps"):
+        JKOTrainer(flow, [0.5])
+    with pytest.raises(TypeError, match="unknown JKOTrainer options"):
+        JKOTrainer(flow, [0.5, 1.0], iters=3)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        JKOTrainer(flow, [0.5, 1.0], optimizer="lbfgs")
+    with pytest.raises(ValueError, match="iterations"):
+        JKOTrainer(flow, [0.5, 1.0], iterations=0)
+    with pytest.raises(ValueError, match="no JKOBlock"):
+        JKOTrainer(nf.NormalizingFlow(nf.distributions.DiagGaussian(2), [nf.flows.ActNorm(2)]), [0.5])
+
+
+def test_list_of_blocks_is_accepted():
+    blocks = [JKOBlock(2, hidden=(8,), steps=1) for _ in range(2)]
+    trainer = small_trainer(blocks, [0.5, 1.0], iterations=5)
+    trainer.fit(moons(300))
+    assert list(trainer.flow.flows) == blocks
+
+
+def test_knn_entropy_of_a_gaussian():
+    x = torch.randn(4000, 3, dtype=torch.float64) * 2.0
+    exact = 1.5 * math.log(2 * math.pi * math.e * 4.0)
+    assert knn_entropy(x) == pytest.approx(exact, abs=0.05)
