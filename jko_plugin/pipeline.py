@@ -65,8 +65,9 @@ class JKOFlowPipeline(DiffusionPipeline):
     solver and steps (as ``from_normflows`` sets up), returns ``flow.forward(z)`` up to rounding.
 
     Args:
-        model: A ``JKOFlowModel``, or any module whose ``forward(sample, timestep)`` returns the velocity
-            (a tensor, or an output with ``.sample``) and whose ``config.dim`` gives the data dimension.
+        model: A ``JKOFlowModel``, or any diffusers ``ModelMixin`` whose ``forward(sample, timestep)``
+            returns the velocity (a tensor, or an output with ``.sample``); without a ``config.dim``
+            (the data dimension), pass ``latents``.
         scheduler: A ``JKOScheduler`` (required for a ``JKOFlowModel``, whose blocks, block types and
             boundaries it must match) or any diffusers ODE scheduler such as
             ``FlowMatchEulerDiscreteScheduler`` (time runs noise -> data as sigma 1 -> 0).

@@ -372,6 +372,31 @@ def test_flow_matching_model_and_scheduler_through_the_same_pipeline():
         pipe.log_prob(z)
 
 
+class Exponential(ModelMixin, ConfigMixin):
+    """A velocity model without ``config.dim``: dx/dt = x, so x(0) = z exp(-T) from x(T) = z."""
+
+    @register_to_config
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, sample, timestep):
+        return sample
+
+
+def test_any_velocity_module_runs_on_the_jko_time_axis():
+    pipe = quiet(JKOFlowPipeline(model=Exponential(), scheduler=JKOScheduler(step_sizes=[0.5, 1.0])))
+    z = torch.randn(5, 3, dtype=torch.float64)
+    x = pipe(latents=z).samples
+    assert x.dtype == torch.float64
+    # RK4 multiplies by R(-dt) = 1 - dt + dt^2/2 - dt^3/6 + dt^4/24 per step: 4 steps of 0.25, 4 of 0.125
+    factor = np.prod([1 - d + d**2 / 2 - d**3 / 6 + d**4 / 24 for d in [0.25] * 4 + [0.125] * 4])
+    torch.testing.assert_close(x, z * factor, rtol=1e-14, atol=0)
+    assert abs(factor / np.exp(-1.5) - 1) < 1e-4
+    with pytest.raises(ValueError, match="no config.dim: pass latents"):
+        pipe(batch_size=2)
+
+
 def test_docstring_examples_run():
     for module in (jko_plugin.scheduler, jko_plugin.model, jko_plugin.pipeline):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
