@@ -107,7 +107,8 @@ class JKOFlowPipeline(DiffusionPipeline):
         Args:
             flow: An ``nf.NormalizingFlow`` of ``JKOBlock``/``JKOStep`` layers, standard normal base.
             scheduler: The schedule the flow was trained on; its step sizes become the model's time axis.
-                Exclusive with the other options.
+                Exclusive with the other options. If its ``block_types`` differ from the flow's, the
+                pipeline gets a copy with the flow's block types (``"map"`` for each ``JKOStep``).
             step_sizes: The model's ``[h_1, ..., h_N]`` (default: the blocks' intervals, see
                 ``JKOFlowModel.from_normflows``).
             solver, steps_per_block: Of the new ``JKOScheduler``; default: the ``JKOBlock``s' common
@@ -120,9 +121,13 @@ class JKOFlowPipeline(DiffusionPipeline):
         if scheduler is not None:
             if step_sizes is not None or solver is not None or steps_per_block is not None:
                 raise ValueError("scheduler is exclusive with step_sizes, solver and steps_per_block")
-            return cls(
-                model=JKOFlowModel.from_normflows(flow, step_sizes=scheduler.step_sizes), scheduler=scheduler
-            )
+            model = JKOFlowModel.from_normflows(flow, step_sizes=scheduler.step_sizes)
+            types = model.block_types
+            if scheduler.block_types != types:  # the trainer ignores block types; sampling needs them
+                scheduler = type(scheduler).from_config(
+                    scheduler.config, block_types=None if set(types) == {"ode"} else list(types)
+                )
+            return cls(model=model, scheduler=scheduler)
         model = JKOFlowModel.from_normflows(flow, step_sizes=step_sizes)
         odes = [b for b in model.flows if isinstance(b, JKOBlock)]
         for name, value in (("solver", solver), ("steps_per_block", steps_per_block)):
