@@ -1,0 +1,163 @@
+r"""normflows baselines from normflows' own layers: RealNVP and a neural spline flow, trained by ML.
+
+Both are plain ``normflows.NormalizingFlow`` models with a fixed ``N(0, I)`` base, so every
+normflows method (``log_prob``, ``sample``, ``forward_kld``) works on them unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+
+import normflows as nf
+import torch
+from torch import Tensor
+
+from .._ops import check_choice
+from .flow_matching import LR_SCHEDULES, FitHistory, TrainingBudget, lr_factor
+
+__all__ = ["BASELINES", "fit_maximum_likelihood", "make_baseline", "make_nsf", "make_realnvp", "sample_flow"]
+
+
+def _check_dim(dim: int) -> None:
+    if not isinstance(dim, int) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2 for coupling/autoregressive flows, got {dim!r}")
+
+
+def _check_pos(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def make_realnvp(
+    dim: int, *, num_layers: int = 8, hidden: int = 64, hidden_layers: int = 2
+) -> nf.NormalizingFlow:
+    """RealNVP (Dinh et al. 2017) as in normflows' examples: ``num_layers`` x
+    (``AffineCouplingBlock`` with an MLP of ``hidden_layers`` x ``hidden`` units, ``Permute('swap')``).
+
+    The MLPs start at zero (``init_zeros=True``), so the untrained flow is the identity.
+    """
+    _check_dim(dim)
+    for name, v in (("num_layers", num_layers), ("hidden", hidden), ("hidden_layers", hidden_layers)):
+        _check_pos(name, v)
+    # AffineCouplingBlock splits by chunk(2): the conditioning half has ceil(d/2) channels.
+    d_in, d_out = (dim + 1) // 2, dim // 2
+    flows = []
+    for _ in range(num_layers):
+        net = nf.nets.MLP([d_in, *([hidden] * hidden_layers), 2 * d_out], init_zeros=True)
+        flows += [nf.flows.AffineCouplingBlock(net), nf.flows.Permute(dim, mode="swap")]
+    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
+
+
+def make_nsf(
+    dim: int,
+    *,
+    num_layers: int = 8,
+    hidden: int = 64,
+    hidden_layers: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 3.0,
+) -> nf.NormalizingFlow:
+    """Neural spline flow (Durkan et al. 2019) as in normflows' examples: ``num_layers`` x
+    (``AutoregressiveRationalQuadraticSpline``, ``LULinearPermute``), identity at initialisation.
+    Outside ``[-tail_bound, tail_bound]`` the splines are linear: standardise the data first.
+    """
+    _check_dim(dim)
+    for name, v in (
+        ("num_layers", num_layers),
+        ("hidden", hidden),
+        ("hidden_layers", hidden_layers),
+        ("num_bins", num_bins),
+    ):
+        _check_pos(name, v)
+    flows = []
+    for _ in range(num_layers):
+        flows += [
+            nf.flows.AutoregressiveRationalQuadraticSpline(
+                dim, hidden_layers, hidden, num_bins=num_bins, tail_bound=tail_bound
+            ),
+            nf.flows.LULinearPermute(dim),
+        ]
+    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
+
+
+#: Baseline name -> builder ``(dim, **options) -> nf.NormalizingFlow``.
+BASELINES = {"realnvp": make_realnvp, "nsf": make_nsf}
+
+
+def make_baseline(name: str, dim: int, **options: int | float) -> nf.NormalizingFlow:
+    """``BASELINES[name](dim, **options)`` with a ``ValueError`` listing the choices."""
+    return BASELINES[check_choice("name", name, BASELINES)](dim, **options)
+
+
+def fit_maximum_likelihood(
+    flow: nf.NormalizingFlow,
+    x: Tensor,
+    *,
+    steps: int | None = None,
+    budget_seconds: float | None = None,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    lr_schedule: str = "cosine",
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
+    seed: int = 0,
+    log_every: int = 100,
+) -> FitHistory:
+    """Train a normflows model in place by maximum likelihood (``flow.forward_kld``) with Adam.
+
+    Args:
+        flow: Any ``nf.NormalizingFlow``.
+        x: Training data ``(n, d)``.
+        steps, budget_seconds: Gradient steps and/or wall clock; stops at whichever comes first.
+        batch_size: Minibatch size (rows drawn with replacement).
+        lr, lr_schedule, weight_decay: Adam settings; ``"cosine"`` decays to 0 at the budget's end.
+        max_grad_norm: Clip the gradient norm (``None``: no clipping).
+        seed: Seeds the minibatches (initial weights are the caller's).
+        log_every: Record the loss every this many steps.
+
+    Returns:
+        ``FitHistory``. Steps whose loss is not finite are skipped (counted, not applied).
+    """
+    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    budget = TrainingBudget(steps, budget_seconds)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
+    p = next(flow.parameters())
+    x = x.to(dtype=p.dtype, device=p.device)
+    gen = torch.Generator(device=p.device).manual_seed(seed)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    history = FitHistory()
+    flow.train()
+    start = time.perf_counter()
+    while not budget.done(history.steps, time.perf_counter() - start):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_factor(
+                lr_schedule, budget.progress(history.steps, time.perf_counter() - start)
+            )
+        xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)]
+        loss = flow.forward_kld(xb)
+        opt.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(flow.parameters(), max_grad_norm)
+            opt.step()
+        history.steps += 1
+        if history.steps % log_every == 0 or history.steps == 1:
+            history.losses.append((history.steps, float(loss.detach())))
+    history.seconds = time.perf_counter() - start
+    flow.eval()
+    return history
+
+
+@torch.no_grad()
+def sample_flow(flow: nf.NormalizingFlow, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` samples ``(n, d)`` of a normflows model with a ``DiagGaussian`` base, reproducible from
+    ``generator`` (``flow.sample`` draws from the global generator)."""
+    q0 = flow.q0
+    if not isinstance(q0, nf.distributions.DiagGaussian):
+        raise ValueError(f"sample_flow needs a DiagGaussian base, got {type(q0).__name__}")
+    eps = torch.randn((n, *q0.shape), generator=generator, dtype=q0.loc.dtype, device=q0.loc.device)
+    return flow.forward(q0.loc + torch.exp(q0.log_scale) * eps)
