@@ -40,6 +40,7 @@ __all__ = [
     "FlowMatchingModel",
     "TrainingBudget",
     "fit_flow_matching",
+    "lr_factor",
     "ot_pairing",
     "sample_with_scheduler",
 ]
