@@ -1,3 +1,24 @@
-r"""Thin glue between jko-plugin and the libraries around it, installed as ``jko_plugin.adapters``."""
+r"""Thin glue between jko-plugin and the libraries around it, installed as ``jko_plugin.adapters``.
 
-__all__: list[str] = []
+Flow-matching peers of our own, normflows baselines, and an evaluator for external velocity
+models (torchcfm, Meta's flow_matching), which stay optional.
+"""
+
+from .external import ExternalVelocity, nfe, ode_log_prob, sample_ode
+from .flow_matching import FlowMatchingModel, TrainingBudget, fit_flow_matching, sample_with_scheduler
+from .normflows_baselines import fit_maximum_likelihood, make_nsf, make_realnvp, sample_flow
+
+__all__ = [
+    "ExternalVelocity",
+    "FlowMatchingModel",
+    "TrainingBudget",
+    "fit_flow_matching",
+    "fit_maximum_likelihood",
+    "make_nsf",
+    "make_realnvp",
+    "nfe",
+    "ode_log_prob",
+    "sample_flow",
+    "sample_ode",
+    "sample_with_scheduler",
+]

@@ -137,7 +137,7 @@ class JKOBlock(Flow):
         if not (float(t1) > float(t0)):
             raise ValueError(f"interval must satisfy t1 > t0, got ({t0}, {t1})")
         with torch.no_grad():
-            self.interval.copy_(torch.tensor([float(t0), float(t1)]))
+            self.interval.copy_(torch.tensor([float(t0), float(t1)], dtype=torch.float64))
 
     @property
     def duration(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import normflows as nf
+import torch
 from normflows.flows import Flow
 
 from .block import JKOBlock
@@ -15,17 +16,32 @@ __all__ = ["BLOCK_KINDS", "make_flow", "make_spline_step", "jko_steps"]
 BLOCK_KINDS = ("ode", "spline")
 
 
+def _reversal(dim: int) -> nf.flows.Permute:
+    # Reversing the coordinates twice is the identity in any dimension, unlike normflows' "swap".
+    perm = nf.flows.Permute(dim, mode="shuffle")
+    with torch.no_grad():
+        perm.perm.copy_(torch.arange(dim - 1, -1, -1))
+        perm.inv_perm.copy_(torch.arange(dim - 1, -1, -1))
+    return perm
+
+
 def make_spline_step(
     dim: int, *, layers: int = 2, hidden: int = 64, bins: int = 8, tail_bound: float = 5.0, res_blocks: int = 2
 ) -> JKOStep:
-    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers, each followed by
-    an LU permutation (normflows' own layers; identity at initialisation)."""
-    if layers < 1:
+    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
+    with coordinate reversals between them.
+
+    The step is the identity at initialisation: each spline starts as the identity and the
+    reversals come in pairs. A proximal step must start where it is cheapest (no movement); a
+    random permutation such as ``LULinearPermute`` would start it far from ``x``.
+    """
+    if not isinstance(layers, int) or layers < 1:
         raise ValueError(f"layers must be a positive integer, got {layers!r}")
     flows: list[Flow] = []
-    for _ in range(layers):
+    for i in range(layers):
         flows.append(nf.flows.AutoregressiveRationalQuadraticSpline(dim, res_blocks, hidden, num_bins=bins, tail_bound=tail_bound))
-        flows.append(nf.flows.LULinearPermute(dim))
+        if i < layers - 1 or layers % 2 == 0:
+            flows.append(_reversal(dim))
     return JKOStep(flows, dim=dim)
 
 
