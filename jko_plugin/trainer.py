@@ -34,10 +34,11 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 LR_SCHEDULES = ("cosine", "constant")
 TRANSPORT_COSTS = ("displacement", "kinetic")
+ADAPTATIONS = ("reparametrize", "refine")
 # Options that change the trained model; a checkpoint made with other values is another model's.
 _MODEL_OPTIONS = (
     "iterations", "batch_size", "optimizer", "lr", "lr_schedule", "weight_decay", "grad_clip",
-    "warm_start", "transport_cost", "tol", "max_blocks", "growth", "stop_early", "seed",
+    "warm_start", "transport_cost", "tol", "max_blocks", "growth", "stop_early", "seed", "adapt",
 )
 
 
@@ -67,6 +68,11 @@ class TrainerOptions:
         growth: Step-size ratio for appended blocks; default the scheduler's ``growth`` or 1.
         stop_early: Once converged, drop the JKO steps not yet trained instead of training them.
         seed: Seed of batches, probes and initialisation of appended blocks: same seed, same model.
+        adapt: Schedule adaptations applied after the first pass, in order, each followed by
+            retraining every block from a fresh start (JKO-iFlow): ``"reparametrize"`` re-spaces
+            the steps so that each block moves the same W2 distance
+            (``JKOScheduler.reparametrize``), ``"refine"`` halves every step (twice the blocks,
+            ``JKOScheduler.refine``). ODE blocks only; not combined with checkpoints.
         device: Device to train on (default: where the flow's parameters are).
         chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
         eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
@@ -87,6 +93,7 @@ class TrainerOptions:
     growth: float | None = None
     stop_early: bool = False
     seed: int = 0
+    adapt: tuple[str, ...] = ()
     device: str | None = None
     chunk_size: int = 8192
     eval_size: int = 2000
@@ -96,6 +103,11 @@ class TrainerOptions:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("transport_cost", self.transport_cost, TRANSPORT_COSTS)
+        if isinstance(self.adapt, str):
+            object.__setattr__(self, "adapt", (self.adapt,))
+        object.__setattr__(self, "adapt", tuple(self.adapt))
+        for a in self.adapt:
+            check_choice("adapt", a, ADAPTATIONS)
         for name in ("iterations", "batch_size", "chunk_size", "eval_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -243,10 +255,17 @@ class JKOTrainer:
                 )
         elif resume:
             raise ValueError("resume=True needs a checkpoint_dir")
+        if opts.adapt and checkpoint_dir is not None:
+            raise ValueError("adapt cannot be combined with checkpoint_dir: each round retrains every block")
+        if opts.adapt and not all(isinstance(f, JKOBlock) for f in self.flow.flows if _is_jko(f)):
+            raise ValueError("adapt needs a flow whose JKO steps are all JKOBlocks")
         self.flow.to(device)
         self._place_blocks()
         self.history.data_entropy = knn_entropy(x_val)
         self._run(x.to(device), x_val.to(device), done, checkpoint_dir, callback)
+        for adaptation in opts.adapt:
+            self._adapt(adaptation)
+            self._run(x.to(device), x_val.to(device), 0, None, callback)
         self.flow.eval()
         if opts.progress:
             tqdm.write(self.history.summary())
@@ -299,6 +318,7 @@ class JKOTrainer:
                 self.step_sizes = self.step_sizes[:k]
             elif is_last and not converged and opts.max_blocks is not None and k < opts.max_blocks:
                 layers.insert(i + 1, self._new_block(layer, k))
+                self.step_sizes.append(self.step_sizes[-1] * self.growth)
                 self.flow.flows = nn.ModuleList(reversed(layers))
                 self._place_blocks()
             i += 1
@@ -407,8 +427,29 @@ class JKOTrainer:
                     if hasattr(m, "reset_parameters") and m is not block:
                         m.reset_parameters()
         p = next(last.parameters())
-        self.step_sizes.append(self.step_sizes[-1] * self.growth)
         return block.to(device=p.device, dtype=p.dtype)
+
+    def _adapt(self, kind: str) -> None:
+        """Replace the schedule by its re-spaced or refined version and reset every block."""
+        from .scheduler import JKOScheduler
+
+        current = JKOScheduler(step_sizes=self.step_sizes)
+        if kind == "reparametrize":
+            new = current.reparametrize([max(b.w2_movement, 1e-12) for b in self.history.blocks])
+        else:
+            new = current.refine()
+        layers = list(reversed(self.flow.flows))
+        template = next(s for s in layers if _is_jko(s))
+        for j, layer in enumerate(layers):
+            if _is_jko(layer):
+                layers[j] = self._new_block(template, j)
+        while sum(1 for s in layers if _is_jko(s)) < len(new.step_sizes):
+            last = max(j for j, s in enumerate(layers) if _is_jko(s))
+            layers.insert(last + 1, self._new_block(template, len(layers)))
+        self.flow.flows = nn.ModuleList(reversed(layers))
+        self.step_sizes = [float(h) for h in new.step_sizes]
+        self._place_blocks()
+        self.history.blocks = []
 
     @staticmethod
     def _warm_start(step: nn.Module, previous: nn.Module) -> None:
@@ -419,7 +460,8 @@ class JKOTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _options_dict(self) -> dict:
-        return {k: getattr(self.options, k) for k in _MODEL_OPTIONS}
+        # As JSON would give them back (tuples become lists), so that saved and live compare equal.
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self.options, k)) for k in _MODEL_OPTIONS)}
 
     def _state(self, trained: int) -> dict:
         return {
@@ -444,7 +486,8 @@ class JKOTrainer:
         while sum(1 for f in self.flow.flows if _is_jko(f)) < meta["num_steps"]:
             layers = list(reversed(self.flow.flows))
             last = max(j for j, s in enumerate(layers) if _is_jko(s))
-            layers.insert(last + 1, self._new_block(layers[last], len(self.step_sizes)))
+            # Weights come from the checkpoint; the new block only supplies the structure.
+            layers.insert(last + 1, self._new_block(layers[last], sum(1 for s in layers if _is_jko(s))))
             self.flow.flows = nn.ModuleList(reversed(layers))
         self.step_sizes = sizes
         if fingerprint(self.flow) != meta["fingerprint"]:

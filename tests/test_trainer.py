@@ -303,3 +303,29 @@ def test_knn_entropy_of_a_gaussian():
     x = torch.randn(4000, 3, dtype=torch.float64) * 2.0
     exact = 1.5 * math.log(2 * math.pi * math.e * 4.0)
     assert knn_entropy(x) == pytest.approx(exact, abs=0.05)
+
+
+def test_adapt_reparametrize_and_refine():
+    from jko_plugin import JKOScheduler
+
+    x = moons(800)
+    flow = make_flow(2, 2, hidden=(16,), steps=1)
+    trainer = small_trainer(flow, JKOScheduler(step_sizes=[0.2, 2.0]), iterations=20, adapt=("reparametrize",))
+    first = {}
+
+    def keep(record):
+        first.setdefault(record.index, record.w2_movement)
+
+    hist = trainer.fit(x, callback=keep)
+    expected = JKOScheduler(step_sizes=[0.2, 2.0]).reparametrize([first[1], first[2]]).step_sizes
+    assert trainer.step_sizes == pytest.approx(list(expected))
+    assert sum(trainer.step_sizes) == pytest.approx(2.2)
+    assert [b.step_size for b in hist.blocks] == pytest.approx(list(expected))
+    flow = make_flow(2, 2, hidden=(16,), steps=1)
+    trainer = small_trainer(flow, [0.5, 1.0], iterations=5, adapt="refine")
+    hist = trainer.fit(x)
+    assert trainer.step_sizes == [0.25, 0.25, 0.5, 0.5] and len(flow.flows) == 4 and len(hist.blocks) == 4
+    with pytest.raises(ValueError, match="adapt must be one of"):
+        small_trainer(make_flow(2, 1), [0.5], adapt=("stretch",))
+    with pytest.raises(ValueError, match="JKOBlocks"):
+        small_trainer(make_flow(2, 1, block="spline"), [0.5], adapt="refine").fit(x)
