@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from jko_plugin.cli import main
+from jko_plugin.datasets import two_moons
+
+
+def test_demo_writes_figure_metrics_and_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--blocks", "2", "--iterations", "15", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_nll", "w2", "w2_floor", "train_seconds", "blocks"):
+        assert key in metrics
+    assert len(metrics["blocks"]) == 2
+    assert {"w2_movement", "kl_estimate", "inversion_error", "loss"} <= set(metrics["blocks"][0])
+    assert metrics["w2"] > metrics["w2_floor"] > 0
+    assert (out / "samples.png").stat().st_size > 1000
+    assert (out / "model" / "model_index.json").exists()
+    assert "test NLL" in capsys.readouterr().out
+
+
+def test_train_then_sample_on_user_files(tmp_path):
+    x = two_moons(1200, seed=0, noise=0.05, standardize=True).numpy()
+    np.save(tmp_path / "pts.npy", x)
+    np.savetxt(tmp_path / "pts.csv", x, delimiter=",")
+    args = ["--blocks", "2", "--iterations", "10", "--batch-size", "256", "--quiet"]
+    assert main(["train", "--data", str(tmp_path / "pts.csv"), "--out", str(tmp_path / "run"), "--block", "spline", *args]) == 0
+    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "-n", "50", "--out", str(tmp_path / "s.npy")]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (50, 2) and np.isfinite(s).all()
+    # Same seed, same samples; the saved model reproduces the trained flow.
+    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "-n", "50", "--out", str(tmp_path / "t.csv")]) == 0
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "t.csv", delimiter=","), s, rtol=1e-5, atol=1e-6)
+    # A second run into the same folder neither overwrites nor resumes unless asked.
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    assert main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(tmp_path / "run"), *args]) == 2
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+
+
+def test_train_reports_bad_data(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(300, 2))
+    x[:7, 1] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    assert main(["train", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "7" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert main(["sample", "--model", str(tmp_path / "nomodel"), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 2
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "jko_plugin.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "jko-plugin" in out.stdout
