@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ._ops import check_choice
 from .block import JKOBlock, Transport
 from .checkpoint import CheckpointError, fingerprint, has_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import BACKENDS, DistributedContext, DistributedError, LossTerms, setup, shard, wrap_ddp
 from .history import BlockRecord, TrainingHistory, knn_entropy
 from .step import JKOStep
 
@@ -52,7 +53,9 @@ class TrainerOptions:
 
     Attributes:
         iterations: Gradient steps per block.
-        batch_size: Mini-batch size; the data must hold at least this many points.
+        batch_size: Mini-batch size; the data must hold at least this many points. Under
+            ``torchrun`` this is the global batch: each of the ``W`` ranks draws
+            ``batch_size / W`` points from its shard (``batch_size`` must be divisible by ``W``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         lr: Learning rate.
         lr_schedule: ``"cosine"`` (decay to 0 within each block) or ``"constant"``.
@@ -76,7 +79,12 @@ class TrainerOptions:
         device: Device to train on (default: where the flow's parameters are).
         chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
         eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
-        progress: Show a tqdm bar per block and print the summary table.
+        progress: Show a tqdm bar per block and print the summary table (rank 0 only).
+        backend: Distributed backend when launched by ``torchrun`` (``WORLD_SIZE > 1``):
+            ``"gloo"``, ``"nccl"``, or ``None``: NCCL when training on CUDA, gloo on CPU. A
+            process group the caller initialised is used as it is.
+        dist_timeout: Seconds a collective waits for the other ranks before the run stops with
+            ``DistributedError`` (a rank that died never leaves the others hanging).
     """
 
     iterations: int = 300
@@ -98,8 +106,12 @@ class TrainerOptions:
     chunk_size: int = 8192
     eval_size: int = 2000
     progress: bool = True
+    backend: str | None = None
+    dist_timeout: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.backend is not None:
+            check_choice("backend", self.backend, BACKENDS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("transport_cost", self.transport_cost, TRANSPORT_COSTS)
@@ -112,7 +124,7 @@ class TrainerOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("lr", "tol"):
+        for name in ("lr", "tol", "dist_timeout"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -201,6 +213,8 @@ class JKOTrainer:
             growth = getattr(getattr(schedule, "config", None), "get", lambda *_: None)("growth") or 1.0
         self.growth = float(growth)
         self.history = TrainingHistory(options=self._options_dict())
+        #: This process's place in a distributed run (set by ``fit``; one process by default).
+        self.distributed = DistributedContext()
 
     # -- public ------------------------------------------------------------------------------
     def fit(
@@ -215,27 +229,42 @@ class JKOTrainer:
     ) -> TrainingHistory:
         """Train the flow's JKO steps in place, data side first; return the per-block history.
 
+        Under ``torchrun`` (or in an initialised process group) every rank passes the same ``x``
+        and ``x_val`` and keeps the rows ``rank, rank + W, ...`` of each; rank 0's weights are
+        copied to all ranks first, gradients are averaged by ``DistributedDataParallel``, and the
+        per-block figures are reduced over all ranks, so every rank returns the same history and
+        ends with the same weights. Only rank 0 writes checkpoints, logs and progress bars.
+
         Args:
             x: Training data ``(n, d)``, tensor or array.
             x_val: Held-out data for the diagnostics; default: ``eval_size`` training points.
             checkpoint_dir: Save weights and history there after every block (atomically).
             resume: Continue from the checkpoint in ``checkpoint_dir`` at the first untrained step.
             overwrite: Allow a fresh run to replace an existing checkpoint.
-            callback: Called with each block's record after it is saved.
+            callback: Called with each block's record after it is saved (on every rank).
 
         Raises:
             ValueError: Bad data (NaN/inf rows, wrong dimension, fewer points than a batch).
             CheckpointError: A missing, corrupt or foreign checkpoint.
             FileExistsError: ``checkpoint_dir`` holds a checkpoint, and neither ``resume`` nor
                 ``overwrite`` is set.
-            TrainingDiverged: A NaN/inf loss; the last good checkpoint is kept.
+            TrainingDiverged: A NaN/inf loss (on any rank); the last good checkpoint is kept.
+            DistributedError: Another rank failed or a collective timed out (``dist_timeout``).
         """
         opts = self.options
         device = torch.device(opts.device) if opts.device else next(self.flow.parameters()).device
+        ctx = self.distributed = setup(backend=opts.backend, device=device, timeout=opts.dist_timeout)
+        if ctx.backend == "nccl" and opts.device is None:
+            device = ctx.comm_device
         dtype = next(self.flow.parameters()).dtype
         x = _as_data(x, self.dim, dtype, "x")
         if x.shape[0] < opts.batch_size:
             raise ValueError(f"x has {x.shape[0]} points, fewer than batch_size={opts.batch_size}")
+        if opts.batch_size % ctx.world_size:
+            raise ValueError(
+                f"batch_size={opts.batch_size} is the global batch and must be divisible by the "
+                f"number of processes, {ctx.world_size}"
+            )
         if x_val is None:
             gen = torch.Generator().manual_seed(opts.seed)
             x_val = x[torch.randperm(x.shape[0], generator=gen)[: opts.eval_size]]
@@ -243,16 +272,29 @@ class JKOTrainer:
         else:
             x_val = _as_data(x_val, self.dim, dtype, "x_val")[: opts.eval_size]
             self.history.options["eval_on"] = "held-out"
+        if x_val.shape[0] < ctx.world_size:
+            raise ValueError(f"x_val has {x_val.shape[0]} points, fewer than the {ctx.world_size} processes")
         done = 0
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
-            if resume and has_checkpoint(checkpoint_dir):
-                done = self._restore(checkpoint_dir)
-            elif has_checkpoint(checkpoint_dir) and not overwrite:
-                raise FileExistsError(
-                    f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it "
-                    "or overwrite=True to replace it"
-                )
+            # Rank 0 reads the checkpoint and hands it to the others (no shared file system needed).
+            loaded, error = None, None
+            if ctx.is_main:
+                try:
+                    if resume and has_checkpoint(checkpoint_dir):
+                        loaded = load_checkpoint(checkpoint_dir)
+                    elif has_checkpoint(checkpoint_dir) and not overwrite:
+                        error = FileExistsError(
+                            f"{checkpoint_dir} already holds a checkpoint; pass resume=True to continue it "
+                            "or overwrite=True to replace it"
+                        )
+                except CheckpointError as err:
+                    error = err
+            loaded, error = ctx.broadcast_object((loaded, error))
+            if error is not None:
+                raise error
+            if loaded is not None:
+                done = self._restore(checkpoint_dir, loaded)
         elif resume:
             raise ValueError("resume=True needs a checkpoint_dir")
         if opts.adapt and checkpoint_dir is not None:
@@ -261,19 +303,26 @@ class JKOTrainer:
             raise ValueError("adapt needs a flow whose JKO steps are all JKOBlocks")
         self.flow.to(device)
         self._place_blocks()
-        self.history.data_entropy = knn_entropy(x_val)
+        if ctx.active:
+            theirs = ctx.broadcast_object(fingerprint(self.flow))
+            if not ctx.all_true(theirs == fingerprint(self.flow)):
+                raise ValueError("the flow differs between ranks (layers or shapes); build the same model on every rank")
+            ctx.broadcast_module(self.flow)
+        self.history.data_entropy = ctx.broadcast_object(knn_entropy(x_val) if ctx.is_main else None)
+        x, x_val = shard(x, ctx), shard(x_val, ctx)
         self._run(x.to(device), x_val.to(device), done, checkpoint_dir, callback)
         for adaptation in opts.adapt:
             self._adapt(adaptation)
             self._run(x.to(device), x_val.to(device), 0, None, callback)
         self.flow.eval()
-        if opts.progress:
+        if opts.progress and ctx.is_main:
             tqdm.write(self.history.summary())
         return self.history
 
     # -- the block loop ------------------------------------------------------------------------
     def _run(self, data: Tensor, val: Tensor, done: int, ckpt: Path | None, callback: Callable | None) -> None:
         opts = self.options
+        ctx = self.distributed
         val_log_det = val.new_zeros(val.shape[0])
         k, i = 0, 0
         layers = list(reversed(self.flow.flows))
@@ -294,20 +343,42 @@ class JKOTrainer:
                 self._train_block(layer, data, h, k)
             layer.eval()
             inv_err = layer.inversion_error(val[: opts.eval_size])
-            data, stats = self._push(layer, data, h)
+            data, sums = self._push(layer, data, h)
             val, ld = self._push(layer, val)
             val_log_det = val_log_det + ld
             if k > done:
-                nll = float((-self.flow.q0.log_prob(val) - val_log_det).mean())
+                nlls = -self.flow.q0.log_prob(val) - val_log_det
+                seconds = time.perf_counter() - start
+                if ctx.active:
+                    # Sums over all ranks (and rank 0's clock), the same bits on every rank.
+                    n_val = val.shape[0]
+                    local = [float(nlls.double().sum()), inv_err * n_val, float(n_val), seconds * ctx.is_main]
+                    total = ctx.sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64)]))
+                    sums = total[: sums.numel()]
+                    nll_sum, inv_sum, n_val, seconds = (float(v) for v in total[sums.numel() :])
+                    nll, inv_err = nll_sum / n_val, inv_sum / n_val
+                else:
+                    nll = float(nlls.mean())
                 record = BlockRecord(
-                    index=k, step_size=h, **stats, kl_estimate=nll - self.history.data_entropy,
-                    nll=nll, inversion_error=inv_err, seconds=time.perf_counter() - start,
+                    index=k, step_size=h, **self._stats(sums), kl_estimate=nll - self.history.data_entropy,
+                    nll=nll, inversion_error=inv_err, seconds=seconds,
                 )
                 self.history.blocks.append(record)
-                logger.info("block %d: %s", k, record)
+                if ctx.is_main:
+                    logger.info("block %d: %s", k, record)
                 self.history.converged = record.movement_ratio < opts.tol
                 if ckpt is not None:
-                    save_checkpoint(ckpt, self.flow, self._state(k))
+                    failure = None
+                    if ctx.is_main:
+                        try:
+                            save_checkpoint(ckpt, self.flow, self._state(k))
+                        except OSError as err:
+                            failure = err
+                    # Also the barrier after the save: no rank runs ahead of a checkpoint.
+                    if not ctx.all_true(failure is None):
+                        if failure is not None:
+                            raise failure
+                        raise DistributedError(f"rank 0 could not save the checkpoint of block {k} in {ckpt}")
                 if callback is not None:
                     callback(record)
             converged = self.history.blocks[k - 1].movement_ratio < opts.tol
@@ -331,24 +402,36 @@ class JKOTrainer:
         sched = None
         if opts.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.iterations)
-        seed = opts.seed * 100003 + k
+        ctx = self.distributed
+        # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
+        seed = opts.seed * 100003 + k + 1000003 * ctx.rank
         gen = torch.Generator().manual_seed(seed)
         n = data.shape[0]
+        batch_size = opts.batch_size // ctx.world_size  # this rank's share of the global batch
         order = torch.randperm(n, generator=gen)
         pos = 0
         step.train()
-        bar = tqdm(range(opts.iterations), desc=f"block {k}/{len(self.step_sizes)}", disable=not opts.progress, leave=False)
+        # DDP averages the gradients over ranks in backward (its construction copies rank 0's weights).
+        ddp = wrap_ddp(LossTerms(step, lambda s, out: self._loss_terms(s, out, h)), ctx, data.device) if ctx.active else None
+        bar = tqdm(
+            range(opts.iterations), desc=f"block {k}/{len(self.step_sizes)}",
+            disable=not (opts.progress and ctx.is_main), leave=False,
+        )
         devices = [data.device.index or 0] if data.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # Hutchinson probes, if any
             for it in bar:
-                if pos + opts.batch_size > n:
+                if pos + batch_size > n:
                     order, pos = torch.randperm(n, generator=gen), 0
-                batch = data[order[pos : pos + opts.batch_size].to(data.device)]
-                pos += opts.batch_size
-                potential, neg_log_det, transport = self._loss_terms(step, step.transport(batch), h)
+                batch = data[order[pos : pos + batch_size].to(data.device)]
+                pos += batch_size
+                if ddp is None:
+                    potential, neg_log_det, transport = self._loss_terms(step, step.transport(batch), h)
+                else:
+                    potential, neg_log_det, transport = ddp(batch).unbind()
                 loss = potential + neg_log_det + transport
-                if not torch.isfinite(loss):
+                # Decided over all ranks, so that every rank stops at the same iteration.
+                if not ctx.all_true(bool(torch.isfinite(loss))):
                     raise TrainingDiverged(
                         f"block {k} diverged at iteration {it} (loss {loss.item()}); "
                         "lower lr, set grad_clip, or use more solver steps"
@@ -374,9 +457,10 @@ class JKOTrainer:
         return potential, neg_log_det, cost.mean() / (2 * h)
 
     @torch.no_grad()
-    def _push(self, layer: nn.Module, data: Tensor, h: float | None = None) -> tuple[Tensor, Tensor | dict]:
-        """Push ``data`` through ``layer`` (data -> latent) in chunks; with ``h``, also the block's
-        loss terms and movement over the whole set, else the log-determinants."""
+    def _push(self, layer: nn.Module, data: Tensor, h: float | None = None) -> tuple[Tensor, Tensor]:
+        """Push ``data`` through ``layer`` (data -> latent) in chunks; with ``h``, also the sums of
+        the block's loss terms, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count (float64, for
+        ``_stats``, summable over ranks), else the log-determinants."""
         layer.eval()
         outs, log_dets = [], []
         sums = torch.zeros(5, dtype=torch.float64)
@@ -394,9 +478,13 @@ class JKOTrainer:
         z = torch.cat(outs)
         if h is None:
             return z, torch.cat(log_dets)
-        n = data.shape[0]
-        potential, neg_log_det, transport, sq_disp, sq_norm = (float(s) for s in sums)
-        stats = {
+        return z, torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
+
+    @staticmethod
+    def _stats(sums: Tensor) -> dict:
+        """The block's figures from ``_push``'s sums."""
+        potential, neg_log_det, transport, sq_disp, sq_norm, n = (float(s) for s in sums)
+        return {
             "potential": potential / n,
             "neg_log_det": neg_log_det / n,
             "transport": transport / n,
@@ -404,7 +492,6 @@ class JKOTrainer:
             "w2_movement": math.sqrt(sq_disp / n),
             "movement_ratio": sq_disp / max(sq_norm, 1e-300),
         }
-        return z, stats
 
     # -- structure -----------------------------------------------------------------------------
     def _place_blocks(self) -> None:
@@ -472,8 +559,8 @@ class JKOTrainer:
             "history": self.history.to_dict(),
         }
 
-    def _restore(self, directory: Path) -> int:
-        meta, weights = load_checkpoint(directory)
+    def _restore(self, directory: Path, loaded: tuple[dict, dict] | None = None) -> int:
+        meta, weights = loaded if loaded is not None else load_checkpoint(directory)
         if meta.get("options") != self._options_dict():
             theirs = meta.get("options", {})
             diff = sorted(k for k in set(theirs) | set(self._options_dict()) if theirs.get(k) != self._options_dict().get(k))
