@@ -53,11 +53,12 @@ class DistributedContext:
         return self.rank == 0
 
     # -- collectives (no-ops with one process) -------------------------------------------------
-    def _guard(self, what: str, fn: Callable[[], object]) -> object:
+    def guard(self, what: str, fn: Callable[[], object]) -> object:
+        """Run ``fn``, a collective, turning a backend failure into ``DistributedError``."""
         try:
             return fn()
-        except (RuntimeError, dist.DistError) as err:
-            if isinstance(err, DistributedError):
+        except RuntimeError as err:  # dist.DistError is a RuntimeError too
+            if isinstance(err, DistributedError) or not _is_backend_failure(err):
                 raise
             raise DistributedError(
                 f"rank {self.rank}/{self.world_size}: {what} failed ({type(err).__name__}: {err}); "
@@ -69,10 +70,10 @@ class DistributedContext:
         if not self.active:
             return values
         buf = values.detach().to(torch.float64).to(self.comm_device).clone()
-        self._guard("all_reduce", lambda: dist.all_reduce(buf))
+        self.guard("all_reduce", lambda: dist.all_reduce(buf))
         # One extra tiny broadcast makes the figures bit-identical on every rank whatever the
         # backend's reduction order, so decisions taken from them agree.
-        self._guard("broadcast", lambda: dist.broadcast(buf, 0))
+        self.guard("broadcast", lambda: dist.broadcast(buf, 0))
         return buf.cpu()
 
     def all_true(self, flag: bool) -> bool:
@@ -80,7 +81,7 @@ class DistributedContext:
         if not self.active:
             return flag
         buf = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64, device=self.comm_device)
-        self._guard("all_reduce", lambda: dist.all_reduce(buf))
+        self.guard("all_reduce", lambda: dist.all_reduce(buf))
         return bool(buf.item() == 0)
 
     def broadcast_object(self, obj: object) -> object:
@@ -88,7 +89,7 @@ class DistributedContext:
         if not self.active:
             return obj
         box = [obj if self.is_main else None]
-        self._guard("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=0, device=self.comm_device))
+        self.guard("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=0, device=self.comm_device))
         return box[0]
 
     def broadcast_module(self, module: nn.Module) -> None:
@@ -98,13 +99,13 @@ class DistributedContext:
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
                 buf = t.detach().to(self.comm_device).clone()
-                self._guard("broadcast", lambda b=buf: dist.broadcast(b, 0))
+                self.guard("broadcast", lambda b=buf: dist.broadcast(b, 0))
                 t.copy_(buf.to(t.device))
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         if self.active:
-            self._guard("barrier", lambda: dist.barrier())
+            self.guard("barrier", lambda: dist.barrier())
 
     @property
     def comm_device(self) -> torch.device:
@@ -117,6 +118,14 @@ class DistributedContext:
         """Destroy the process group if ``setup`` created it."""
         if self.owns_group and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# Gloo reports a dead or silent peer as a plain RuntimeError naming gloo, a closed connection or a timeout.
+_BACKEND_FAILURE_WORDS = ("gloo", "nccl", "timed out", "connection", "peer")
+
+
+def _is_backend_failure(err: RuntimeError) -> bool:
+    return isinstance(err, dist.DistError) or any(w in str(err).lower() for w in _BACKEND_FAILURE_WORDS)
 
 
 def _env_world_size() -> int:
@@ -212,7 +221,7 @@ def wrap_ddp(module: nn.Module, ctx: DistributedContext, device: torch.device) -
     # Buffers (a block's time interval) are equal on all ranks: no re-broadcast at every forward.
     params = inspect.signature(DistributedDataParallel).parameters
     sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
-    return ctx._guard(
+    return ctx.guard(
         "DistributedDataParallel setup", lambda: DistributedDataParallel(module, device_ids=ids, **sync)
     )
 

@@ -428,7 +428,7 @@ class JKOTrainer:
                 if ddp is None:
                     potential, neg_log_det, transport = self._loss_terms(step, step.transport(batch), h)
                 else:
-                    potential, neg_log_det, transport = ddp(batch).unbind()
+                    potential, neg_log_det, transport = ctx.guard("DDP forward", lambda: ddp(batch)).unbind()
                 loss = potential + neg_log_det + transport
                 # Decided over all ranks, so that every rank stops at the same iteration.
                 if not ctx.all_true(bool(torch.isfinite(loss))):
@@ -437,7 +437,10 @@ class JKOTrainer:
                         "lower lr, set grad_clip, or use more solver steps"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if ddp is None:
+                    loss.backward()
+                else:
+                    ctx.guard("gradient all-reduce", loss.backward)
                 if opts.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
                 optimizer.step()
