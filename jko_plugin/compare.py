@@ -330,6 +330,7 @@ def compare(
     num_train: int = 20000,
     num_test: int = 4000,
     w2_points: int = 4000,
+    num_samples: int = NUM_SAMPLES,
     verbose: bool = False,
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
@@ -348,6 +349,7 @@ def compare(
         out: Directory for ``table.md``, ``results.json`` and ``samples.png`` (``None``: none).
         num_train, num_test: Training and held-out points (caps for files and fixed-size data).
         w2_points: Cap of ``n`` for W2 and MMD: ``n = min(w2_points, held-out, train)``.
+        num_samples: Samples drawn and timed per method (``sample_seconds``), at least ``n``.
         verbose: Print progress and the table.
 
     Returns:
@@ -364,14 +366,14 @@ def compare(
         raise ValueError(f"budget_seconds must be a positive number, got {budget_seconds!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points)):
+    for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points), ("num_samples", num_samples)):
         if not isinstance(v, int) or v < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
     label, x_train, x_test, ds = _load(dataset, num_train, num_test, seed)
     dim = x_train.shape[1]
     if dim < 2:
         raise ValueError(f"compare needs data of dimension >= 2 (coupling flows), got d = {dim}")
-    n = min(w2_points, x_test.shape[0], x_train.shape[0])
+    n = min(w2_points, x_test.shape[0], x_train.shape[0], num_samples)
     ref = x_test[:n]
     floor = wasserstein2(x_train[:n], ref)
     true_nll = float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
@@ -385,7 +387,7 @@ def compare(
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
         with torch.no_grad():
-            samples = result.sample(NUM_SAMPLES, gen)
+            samples = result.sample(num_samples, gen)
         sample_seconds = time.perf_counter() - start
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
@@ -407,6 +409,7 @@ def compare(
             "params": _params(result.model),
             "nfe": result.nfe,
             "sample_seconds": sample_seconds,
+            "num_samples": num_samples,
             "nonfinite_samples": int((~finite).sum()),
             "budget_seconds": budget_seconds,
             "budget_steps": steps,

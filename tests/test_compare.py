@@ -1,0 +1,117 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jko_plugin.compare import METHODS, add_arguments, compare, format_table, run
+from jko_plugin.datasets import get_dataset
+from jko_plugin.metrics import wasserstein2
+
+KEYS = ("method", "test_nll", "w2", "w2_floor", "mmd", "train_seconds", "params", "nfe", "sample_seconds")
+TIMINGS = ("train_seconds", "sample_seconds", "details")
+SMALL = dict(num_train=600, num_test=200, num_samples=1000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def moons_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare("moons", ",".join(METHODS), steps=12, out=out, **SMALL)
+
+
+def _stable(records):
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
+def test_end_to_end_writes_all_outputs(moons_run):
+    out, records = moons_run
+    assert [r["method"] for r in records] == list(METHODS)
+    saved = json.loads((out / "results.json").read_text())
+    assert isinstance(saved, list) and [r["method"] for r in saved] == list(METHODS)
+    for r in saved:
+        for key in KEYS:
+            assert key in r, key
+        assert np.isfinite(r["test_nll"]) and r["w2"] > 0 and r["mmd"] >= 0
+        assert r["train_seconds"] > 0 and r["sample_seconds"] > 0
+    table = (out / "table.md").read_text()
+    for m in METHODS:
+        assert f"| {m} |" in table
+    png = (out / "samples.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_reference_values(moons_run):
+    _, records = moons_run
+    ds = get_dataset("moons")
+    x_train, x_test = ds.sample(600, seed=3), ds.sample(200, seed=4)
+    true_nll = float(-ds.log_prob(x_test).double().mean())
+    floor = wasserstein2(x_train[:200], x_test[:200])
+    by = {r["method"]: r for r in records}
+    for r in records:
+        assert r["true_nll"] == pytest.approx(true_nll, rel=1e-12)
+        assert r["nll_gap"] == pytest.approx(r["test_nll"] - true_nll, rel=1e-12)
+        assert r["w2_floor"] == pytest.approx(floor, rel=1e-12)
+        assert r["w2_points"] == 200
+    # Same number of gradient steps: 12 for the peers, 12 // blocks per JKO block.
+    assert by["jko"]["train_steps"] == 12 and by["jko"]["details"]["iterations_per_block"] == 2
+    assert by["jko-spline"]["train_steps"] == 12 and by["jko-spline"]["details"]["iterations_per_block"] == 3
+    for m in ("cfm", "otcfm", "realnvp", "nsf"):
+        assert by[m]["train_steps"] == 12
+    # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
+    assert [by[m]["nfe"] for m in METHODS] == [48, 16, 48, 48, 8, 16]
+    assert by["cfm"]["params"] == by["otcfm"]["params"]
+
+
+def test_same_seed_same_numbers(moons_run):
+    _, records = moons_run
+    again = compare("moons", ",".join(METHODS), steps=12, **SMALL)
+    assert _stable(again) == _stable(records)
+
+
+def test_user_npy_file_and_cli(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(500, 3, generator=gen) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.5]])
+    path = tmp_path / "mine.npy"
+    np.save(path, data.numpy())
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--dataset", str(path), "--methods", "cfm,realnvp", "--steps", "5", "--num-test", "100", "--out", str(tmp_path / "o")]
+    )
+    assert run(args) == 0
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["method"] for r in records] == ["cfm", "realnvp"]
+    for r in records:
+        assert r["dataset"] == "mine.npy" and r["dim"] == 3
+        assert (r["num_train"], r["num_test"]) == (400, 100)  # 80 / 20 split
+        assert r["true_nll"] is None and r["nll_gap"] is None
+    assert "| realnvp |" in capsys.readouterr().out
+
+
+def test_time_budget_is_respected(tmp_path):
+    records = compare("moons", "jko,cfm", budget_seconds=2.0, num_train=600, num_test=200, num_samples=500)
+    by = {r["method"]: r for r in records}
+    assert 2.0 <= by["cfm"]["train_seconds"] < 3.0
+    # JKO: calibration + blocks, fitted to the budget from timed runs (loose: a shared machine).
+    assert 0.7 < by["jko"]["train_seconds"] < 5.0
+    assert by["jko"]["details"]["calibration_seconds"] < by["jko"]["train_seconds"]
+
+
+def test_unknown_method_or_dataset():
+    with pytest.raises(ValueError, match=r"methods must be among \['jko', 'jko-spline', 'cfm', 'otcfm', 'realnvp', 'nsf'\], got 'glow'"):
+        compare("moons", "jko,glow", steps=1)
+    with pytest.raises(ValueError, match=r"dataset must be one of .*'moons'.*got 'mnist'"):
+        compare("mnist", "cfm", steps=1)
+    with pytest.raises(ValueError, match="exactly one of budget_seconds and steps"):
+        compare("moons", "cfm")
+    with pytest.raises(ValueError, match="exactly one of budget_seconds and steps"):
+        compare("moons", "cfm", steps=3, budget_seconds=1.0)
+    with pytest.raises(FileNotFoundError):
+        compare("/nonexistent/data.npy", "cfm", steps=1)
+
+
+def test_format_table_leaves_unknown_gap_out():
+    rec = {k: 1.0 for k in KEYS} | {"method": "cfm", "params": 10, "nfe": 48, "nll_gap": None, "train_steps": 5}
+    table = format_table([rec])
+    assert "gap to true" not in table
+    assert table.splitlines()[2].startswith("| cfm | 1.000 |")
