@@ -72,7 +72,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     metrics = run_demo(out, block=args.block, seed=args.seed, progress=not args.quiet, **_overrides(args))
-    _print_summary(metrics, out)
+    if metrics:  # empty on torchrun ranks other than 0
+        _print_summary(metrics, out)
     return 0
 
 
@@ -88,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
     config = default_config(args.block, seed=args.seed, **_overrides(args))
     metrics = run_training(x_train, x_test, out, config, resume=args.resume, progress=not args.quiet)
-    _print_summary(metrics, out)
+    if metrics:  # empty on torchrun ranks other than 0
+        _print_summary(metrics, out)
     return 0
 
 

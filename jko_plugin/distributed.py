@@ -13,7 +13,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["BACKENDS", "DistributedContext", "DistributedError", "setup", "shard", "LossTerms", "wrap_ddp", "is_main_process"]
+__all__ = [
+    "BACKENDS",
+    "DistributedContext",
+    "DistributedError",
+    "setup",
+    "shard",
+    "LossTerms",
+    "wrap_ddp",
+    "is_main_process",
+]
 
 BACKENDS = ("gloo", "nccl")
 #: Environment variables set by ``torchrun`` (and needed by the ``env://`` rendezvous).
@@ -89,7 +98,9 @@ class DistributedContext:
         if not self.active:
             return obj
         box = [obj if self.is_main else None]
-        self.guard("broadcast_object_list", lambda: dist.broadcast_object_list(box, src=0, device=self.comm_device))
+        self.guard(
+            "broadcast_object_list", lambda: dist.broadcast_object_list(box, src=0, device=self.comm_device)
+        )
         return box[0]
 
     def broadcast_module(self, module: nn.Module) -> None:
@@ -135,7 +146,9 @@ def _env_world_size() -> int:
         raise DistributedError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from err
 
 
-def setup(*, backend: str | None = None, device: torch.device | None = None, timeout: float = 600.0) -> DistributedContext:
+def setup(
+    *, backend: str | None = None, device: torch.device | None = None, timeout: float = 600.0
+) -> DistributedContext:
     """Join the process group of this run, creating it from torchrun's variables if needed.
 
     An initialised group (made by the caller) is used as it is. Otherwise, when ``WORLD_SIZE``
@@ -164,7 +177,9 @@ def setup(*, backend: str | None = None, device: torch.device | None = None, tim
     if dist.is_available() and dist.is_initialized():
         world = dist.get_world_size()
         return DistributedContext(
-            rank=dist.get_rank(), world_size=world, backend=dist.get_backend() if world > 1 else None,
+            rank=dist.get_rank(),
+            world_size=world,
+            backend=dist.get_backend() if world > 1 else None,
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         )
     world = _env_world_size()
@@ -185,9 +200,15 @@ def setup(*, backend: str | None = None, device: torch.device | None = None, tim
     try:
         dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout))
     except (RuntimeError, ValueError, dist.DistError) as err:
-        raise DistributedError(f"could not join the process group ({backend}, WORLD_SIZE={world}): {err}") from err
+        raise DistributedError(
+            f"could not join the process group ({backend}, WORLD_SIZE={world}): {err}"
+        ) from err
     return DistributedContext(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), backend=backend, local_rank=local_rank, owns_group=True
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        backend=backend,
+        local_rank=local_rank,
+        owns_group=True,
     )
 
 
@@ -203,7 +224,9 @@ class LossTerms(nn.Module):
     module computes the loss terms inside ``forward`` so that ``DistributedDataParallel`` can wrap it.
     """
 
-    def __init__(self, step: nn.Module, terms: Callable[[nn.Module, object], tuple[Tensor, Tensor, Tensor]]) -> None:
+    def __init__(
+        self, step: nn.Module, terms: Callable[[nn.Module, object], tuple[Tensor, Tensor, Tensor]]
+    ) -> None:
         super().__init__()
         self.step = step
         self._terms = terms
@@ -220,7 +243,9 @@ def wrap_ddp(module: nn.Module, ctx: DistributedContext, device: torch.device) -
     ids = [device] if device.type == "cuda" else None
     # Buffers (a block's time interval) are equal on all ranks: no re-broadcast at every forward.
     params = inspect.signature(DistributedDataParallel).parameters
-    sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    sync = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
     return ctx.guard(
         "DistributedDataParallel setup", lambda: DistributedDataParallel(module, device_ids=ids, **sync)
     )

@@ -13,6 +13,7 @@ import normflows as nf
 import torch
 from torch import Tensor
 
+from .distributed import is_main_process
 from .flows import BLOCK_KINDS, jko_steps, make_flow
 from .history import TrainingHistory
 from .trainer import JKOTrainer
@@ -157,7 +158,10 @@ def _pushed(flow: nf.NormalizingFlow, x: Tensor) -> list[Tensor]:
 def run_training(
     x_train: Tensor, x_test: Tensor, out: str | Path, config: RunConfig, *, resume: bool = False, progress: bool = True
 ) -> dict:
-    """Train, evaluate and write ``metrics.json``, ``samples.png`` and the pipeline in ``out/model``."""
+    """Train, evaluate and write ``metrics.json``, ``samples.png`` and the pipeline in ``out/model``.
+
+    Under ``torchrun`` every rank trains its shard; rank 0 alone evaluates and writes, and the
+    other ranks return ``{}``."""
     from .pipeline import JKOFlowPipeline
 
     out = Path(out)
@@ -165,6 +169,8 @@ def run_training(
     flow, history, seconds = train_flow(
         x_train, x_test, config, checkpoint_dir=out / "checkpoint", resume=resume, progress=progress
     )
+    if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
+        return {}
     result = evaluate(flow, x_test, x_train, seed=config.seed)
     samples = result.pop("samples")
     metrics = {
