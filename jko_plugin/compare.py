@@ -15,10 +15,11 @@ Methods (``METHODS``):
 - ``realnvp``, ``nsf``: normflows' RealNVP and neural spline flow, maximum likelihood.
 
 Budgets. With ``budget_seconds`` the peers train until the clock runs out. A JKO flow trains a
-fixed number of iterations per block, so ``compare`` first times two short runs of a throwaway
-one-block flow (a per-block overhead plus a per-iteration cost), sets the iterations per block
-so that calibration plus training fit the budget, and reports the real time, calibration
-included, as ``train_seconds``. With ``steps``, every method takes that many gradient steps; a
+number of iterations per block, so ``compare`` first times two short runs of a throwaway
+one-block flow (a per-block overhead plus a per-iteration cost), then before each block sets its
+iterations so that the blocks left share the time left (re-measuring the cost per iteration on
+the blocks trained so far), and reports the real time, calibration included, as
+``train_seconds``. With ``steps``, every method takes that many gradient steps; a
 JKO flow takes ``steps // num_blocks`` per block (``steps`` in all).
 
 Metrics, all on the same held-out points: ``test_nll`` (exact: change of variables, or the
@@ -34,6 +35,7 @@ heuristic) on the same points; ``nfe`` network evaluations per sample when sampl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -117,8 +119,8 @@ def _build_jko(config: RunConfig, dim: int, num_blocks: int) -> nn.Module:
         )
 
 
-def _fit_jko(config: RunConfig, flow: nn.Module, x: Tensor, x_val: Tensor, iterations: int, step_sizes: list[float]):
-    trainer = JKOTrainer(
+def _trainer(config: RunConfig, flow: nn.Module, x: Tensor, iterations: int, step_sizes: list[float]) -> JKOTrainer:
+    return JKOTrainer(
         flow,
         step_sizes,
         iterations=iterations,
@@ -127,52 +129,79 @@ def _fit_jko(config: RunConfig, flow: nn.Module, x: Tensor, x_val: Tensor, itera
         seed=config.seed,
         progress=False,
     )
-    return trainer.fit(x, x_val)
 
 
-def _jko_iterations(config: RunConfig, x: Tensor, x_val: Tensor, budget_seconds: float) -> tuple[int, float, dict]:
-    """Iterations per block that fit ``budget_seconds`` in all, from two timed one-block runs."""
-    start = time.perf_counter()
+def _calibrate(config: RunConfig, x: Tensor, x_val: Tensor) -> tuple[float, float]:
+    """``(seconds per iteration, seconds of overhead per block)`` from two timed one-block runs."""
     times = {}
     for its in (5, 15):
         flow = _build_jko(config, x.shape[1], 1)
         t0 = time.perf_counter()
-        _fit_jko(config, flow, x, x_val, its, config.step_sizes[:1])
+        _trainer(config, flow, x, its, config.step_sizes[:1]).fit(x, x_val)
         times[its] = time.perf_counter() - t0
     per_iter = max((times[15] - times[5]) / 10, 1e-6)
-    overhead = max(times[5] - 5 * per_iter, 0.0)
-    calibration = time.perf_counter() - start
-    per_block = (budget_seconds - calibration) / config.num_blocks
-    iterations = max(1, int((per_block - overhead) / per_iter))
-    return iterations, calibration, {"seconds_per_iteration": per_iter, "block_overhead_seconds": overhead}
+    return per_iter, max(times[5] - 5 * per_iter, 0.0)
+
+
+class _BudgetKeeper:
+    """Sets each block's iterations from the time left, re-measuring the cost per iteration on
+    the blocks trained so far (``JKOTrainer`` reads ``options.iterations`` at each block)."""
+
+    def __init__(self, trainer: JKOTrainer, budget: float, start: float, per_iter: float, overhead: float, blocks: int) -> None:
+        self.trainer, self.budget, self.start = trainer, budget, start
+        self.per_iter, self.overhead, self.blocks = per_iter, overhead, blocks
+        self.iterations: list[int] = []
+        self._costs: list[float] = []
+
+    def next_iterations(self) -> int:
+        left = self.budget - (time.perf_counter() - self.start)
+        per_block = left / max(self.blocks - len(self.iterations), 1)
+        return max(1, int((per_block - self.overhead) / self.per_iter))
+
+    def set_next(self) -> None:
+        its = self.next_iterations()
+        self.iterations.append(its)
+        self.trainer.options = dataclasses.replace(self.trainer.options, iterations=its)
+
+    def __call__(self, record: object) -> None:
+        its = self.iterations[-1]
+        self._costs.append(max(record.seconds - self.overhead, 1e-6) / its)
+        self.per_iter = sum(self._costs) / len(self._costs)
+        if len(self.iterations) < self.blocks:
+            self.set_next()
 
 
 def _train_jko(method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, steps: int | None, seed: int) -> MethodResult:
     from .adapters.normflows_baselines import sample_flow
 
     config = _jko_config(method, seed)
-    calibration, details = 0.0, {}
+    flow = _build_jko(config, x.shape[1], config.num_blocks)
+    details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
+    start = time.perf_counter()
     if steps is not None:
         iterations = max(1, steps // config.num_blocks)
+        history = _trainer(config, flow, x, iterations, config.step_sizes).fit(x, x_val)
+        per_block = [iterations] * config.num_blocks
     else:
-        iterations, calibration, details = _jko_iterations(config, x, x_val, budget_seconds)
-    flow = _build_jko(config, x.shape[1], config.num_blocks)
-    start = time.perf_counter()
-    history = _fit_jko(config, flow, x, x_val, iterations, config.step_sizes)
-    seconds = time.perf_counter() - start + calibration
+        per_iter, overhead = _calibrate(config, x, x_val)
+        details.update(
+            calibration_seconds=time.perf_counter() - start,
+            calibrated_seconds_per_iteration=per_iter,
+            block_overhead_seconds=overhead,
+        )
+        trainer = _trainer(config, flow, x, 1, config.step_sizes)
+        keeper = _BudgetKeeper(trainer, budget_seconds, start, per_iter, overhead, config.num_blocks)
+        keeper.set_next()
+        history = trainer.fit(x, x_val, callback=keeper)
+        per_block = keeper.iterations
+    seconds = time.perf_counter() - start
     if config.block == "ode":
         nfe = config.num_blocks * config.steps * 4  # RK4: 4 stages per step
     else:
         nfe = config.num_blocks * config.spline_layers * x.shape[1]  # autoregressive inverse: d passes
-    details.update(
-        iterations_per_block=iterations,
-        num_blocks=config.num_blocks,
-        calibration_seconds=calibration,
-        step_sizes=config.step_sizes,
-        block_nll=[b.nll for b in history.blocks],
-    )
+    details.update(iterations_per_block=per_block, block_nll=[b.nll for b in history.blocks])
     return MethodResult(
-        flow, lambda n, gen: sample_flow(flow, n, generator=gen), seconds, iterations * config.num_blocks, nfe, details
+        flow, lambda n, gen: sample_flow(flow, n, generator=gen), seconds, sum(per_block), nfe, details
     )
 
 
