@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .datasets import Dataset, get_dataset, load_samples, train_test_split
+from .datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from .flows import make_flow
 from .metrics import mmd, nll, wasserstein2
 from .trainer import JKOTrainer
@@ -275,8 +275,15 @@ def _train(method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, 
 # -- data ---------------------------------------------------------------------------------------
 
 
-def _load(dataset: str | Path, num_train: int, num_test: int, seed: int) -> tuple[str, Tensor, Tensor, Dataset | None]:
+def _load(
+    dataset: str | Path, num_train: int, num_test: int, seed: int, maf_root: str | Path | None
+) -> tuple[str, Tensor, Tensor, Dataset | None]:
     """``(name, train, held-out, registry entry or None)``."""
+    if maf_root is not None:
+        if str(dataset).lower() not in MAF_DATASETS:
+            raise ValueError(f"with maf_root, dataset must be one of {sorted(MAF_DATASETS)}, got {dataset!r}")
+        splits = load_maf(str(dataset), maf_root)  # the standard splits; train rows kept in order
+        return str(dataset).lower(), splits.train[:num_train], splits.test[:num_test], None
     path = Path(str(dataset))
     if path.suffix.lower() in (".npy", ".csv"):
         data = load_samples(path)
@@ -360,6 +367,7 @@ def compare(
     num_test: int = 4000,
     w2_points: int = 4000,
     num_samples: int = NUM_SAMPLES,
+    maf_root: str | Path | None = None,
     verbose: bool = False,
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
@@ -379,6 +387,11 @@ def compare(
         num_train, num_test: Training and held-out points (caps for files and fixed-size data).
         w2_points: Cap of ``n`` for W2 and MMD: ``n = min(w2_points, held-out, train)``.
         num_samples: Samples drawn and timed per method (``sample_seconds``), at least ``n``.
+        maf_root: With a MAF benchmark name as ``dataset`` (``power``, ``gas``, ``hepmass``,
+            ``miniboone``, ``bsds300``), the local folder of the MAF data archive
+            (``jko_plugin.datasets.load_maf``): trains on the first ``num_train`` rows of the
+            standard training split, scores on the first ``num_test`` rows of its test split
+            (raise both to use the full splits, as the published numbers do).
         verbose: Print progress and the table.
 
     Returns:
@@ -398,7 +411,7 @@ def compare(
     for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points), ("num_samples", num_samples)):
         if not isinstance(v, int) or v < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
-    label, x_train, x_test, ds = _load(dataset, num_train, num_test, seed)
+    label, x_train, x_test, ds = _load(dataset, num_train, num_test, seed, maf_root)
     dim = x_train.shape[1]
     if dim < 2:
         raise ValueError(f"compare needs data of dimension >= 2 (coupling flows), got d = {dim}")
@@ -483,6 +496,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
+    parser.add_argument(
+        "--maf-root", default=None, help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300"
+    )
     return parser
 
 
@@ -500,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         num_train=args.num_train,
         num_test=args.num_test,
+        maf_root=getattr(args, "maf_root", None),
         verbose=True,
     )
     print(f"wrote {Path(args.out) / 'table.md'}, results.json and samples.png")

@@ -115,3 +115,15 @@ def test_format_table_leaves_unknown_gap_out():
     table = format_table([rec])
     assert "gap to true" not in table
     assert table.splitlines()[2].startswith("| cfm | 1.000 |")
+
+
+def test_maf_benchmark_from_local_files(tmp_path):
+    # MINIBOONE's format: one data.npy; MAF's split keeps the last 10% as the test set.
+    (tmp_path / "miniboone").mkdir()
+    np.save(tmp_path / "miniboone" / "data.npy", np.random.default_rng(0).normal(size=(1000, 4)))
+    records = compare("miniboone", "realnvp", steps=2, maf_root=tmp_path, num_samples=200)
+    assert (records[0]["num_train"], records[0]["num_test"], records[0]["dim"]) == (810, 100, 4)
+    with pytest.raises(ValueError, match=r"with maf_root, dataset must be one of \['bsds300', 'gas'"):
+        compare("moons", "realnvp", steps=2, maf_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="MAF data directory"):
+        compare("power", "realnvp", steps=2, maf_root=tmp_path / "nowhere")
