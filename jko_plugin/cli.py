@@ -14,7 +14,10 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block", choices=["ode", "spline"], default="ode", help="kind of JKO step (default: ode)")
+    p.add_argument(
+        "--block", choices=["ode", "spline"], default="spline",
+        help="kind of JKO step: spline (JKOSteps of spline layers, default) or ode (JKOBlocks)",
+    )
     p.add_argument("--blocks", type=int, default=None, help="number of JKO steps")
     p.add_argument("--iterations", type=int, default=None, help="gradient steps per block")
     p.add_argument("--batch-size", type=int, default=None)

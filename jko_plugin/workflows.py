@@ -52,7 +52,7 @@ class RunConfig:
         return [self.h0 * self.growth**k for k in range(self.num_blocks)]
 
 
-def default_config(block: str = "ode", **overrides: object) -> RunConfig:
+def default_config(block: str = "spline", **overrides: object) -> RunConfig:
     """The demo's tuned settings for each kind of step (see BENCHMARKS.md)."""
     if block == "spline":
         base = dict(block="spline", num_blocks=4, iterations=600, lr=3e-3, h0=0.5, growth=1.4)
@@ -190,7 +190,7 @@ def run_training(
     return metrics
 
 
-def run_demo(out: str | Path = "demo_out", *, block: str = "ode", seed: int = 0, progress: bool = True, **overrides: object) -> dict:
+def run_demo(out: str | Path = "demo_out", *, block: str = "spline", seed: int = 0, progress: bool = True, **overrides: object) -> dict:
     """Train the default JKO flow on standardised two-moons (noise 0.05) and write its report."""
     from .datasets import two_moons
 
