@@ -7,8 +7,10 @@ the time to draw 10k samples. The same run from the shell:
 
     jko-flow compare --dataset moons --methods jko-spline,jko,cfm,otcfm --budget-seconds 15
 
-Writes ``compare_flow_matching/{table.md,results.json,samples.png}``. About two and a half minutes
-on two busy CPU cores (one minute of training, the rest evaluation): ``python examples/compare_flow_matching.py [budget_seconds]``.
+Writes ``compare_flow_matching/{table.md,results.json,samples.png}``. About two and a half
+minutes on two busy CPU cores (one minute of training, the rest evaluation):
+
+    python examples/compare_flow_matching.py [budget_seconds]
 """
 
 from __future__ import annotations

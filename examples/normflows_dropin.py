@@ -24,9 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import normflows as nf
 import torch
+from jko_plugin.adapters.normflows_baselines import fit_maximum_likelihood, sample_flow
 
 from jko_plugin import JKOBlock, JKOTrainer
-from jko_plugin.adapters.normflows_baselines import fit_maximum_likelihood, sample_flow
 from jko_plugin.datasets import get_dataset
 from jko_plugin.metrics import nll, wasserstein2
 
@@ -50,16 +50,32 @@ def main() -> None:
     print(model.flows)
 
     start = time.perf_counter()
-    JKOTrainer(model, [0.5, 1.0], iterations=300, batch_size=512, lr=3e-3, seed=0, progress=False).fit(x_train, x_test)
+    JKOTrainer(model, [0.5, 1.0], iterations=300, batch_size=512, lr=3e-3, seed=0, progress=False).fit(
+        x_train, x_test
+    )
     gen = torch.Generator().manual_seed(1)
     stage1 = sample_flow(model, 4000, generator=gen)
-    report = [("after JKOTrainer (JKO blocks)", nll(model, x_test), wasserstein2(stage1, x_test), time.perf_counter() - start)]
+    report = [
+        (
+            "after JKOTrainer (JKO blocks)",
+            nll(model, x_test),
+            wasserstein2(stage1, x_test),
+            time.perf_counter() - start,
+        )
+    ]
 
     start = time.perf_counter()
     fit_maximum_likelihood(model, x_train, steps=300, batch_size=512, lr=1e-3, seed=0)  # every layer
     gen = torch.Generator().manual_seed(1)
     stage2 = sample_flow(model, 4000, generator=gen)
-    report.append(("after forward_kld fine-tuning (all layers)", nll(model, x_test), wasserstein2(stage2, x_test), time.perf_counter() - start))
+    report.append(
+        (
+            "after forward_kld fine-tuning (all layers)",
+            nll(model, x_test),
+            wasserstein2(stage2, x_test),
+            time.perf_counter() - start,
+        )
+    )
 
     print(f"true test NLL {true_nll:.3f}")
     for name, n, w, s in report:
@@ -71,7 +87,11 @@ def main() -> None:
     with torch.no_grad():
         dens = model.log_prob(torch.stack([xx.flatten(), yy.flatten()], 1)).exp().reshape(xx.shape)
     fig, axes = plt.subplots(1, 4, figsize=(11, 2.9))
-    panels = [("held-out data", x_test), ("samples: JKO blocks trained", stage1), ("samples: all layers fine-tuned", stage2)]
+    panels = [
+        ("held-out data", x_test),
+        ("samples: JKO blocks trained", stage1),
+        ("samples: all layers fine-tuned", stage2),
+    ]
     for ax, (title, pts) in zip(axes, panels):
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
         ax.set_title(title, fontsize=9)

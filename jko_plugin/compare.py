@@ -115,11 +115,17 @@ def _build_jko(config: RunConfig, dim: int, num_blocks: int) -> nn.Module:
         if config.block == "ode":
             return make_flow(dim, num_blocks, block="ode", hidden=config.hidden, steps=config.steps)
         return make_flow(
-            dim, num_blocks, block="spline", spline_layers=config.spline_layers, spline_hidden=config.spline_hidden
+            dim,
+            num_blocks,
+            block="spline",
+            spline_layers=config.spline_layers,
+            spline_hidden=config.spline_hidden,
         )
 
 
-def _trainer(config: RunConfig, flow: nn.Module, x: Tensor, iterations: int, step_sizes: list[float]) -> JKOTrainer:
+def _trainer(
+    config: RunConfig, flow: nn.Module, x: Tensor, iterations: int, step_sizes: list[float]
+) -> JKOTrainer:
     return JKOTrainer(
         flow,
         step_sizes,
@@ -147,7 +153,9 @@ class _BudgetKeeper:
     """Sets each block's iterations from the time left, re-measuring the cost per iteration on
     the blocks trained so far (``JKOTrainer`` reads ``options.iterations`` at each block)."""
 
-    def __init__(self, trainer: JKOTrainer, budget: float, start: float, per_iter: float, overhead: float, blocks: int) -> None:
+    def __init__(
+        self, trainer: JKOTrainer, budget: float, start: float, per_iter: float, overhead: float, blocks: int
+    ) -> None:
         self.trainer, self.budget, self.start = trainer, budget, start
         self.per_iter, self.overhead, self.blocks = per_iter, overhead, blocks
         self.iterations: list[int] = []
@@ -171,7 +179,9 @@ class _BudgetKeeper:
             self.set_next()
 
 
-def _train_jko(method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, steps: int | None, seed: int) -> MethodResult:
+def _train_jko(
+    method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, steps: int | None, seed: int
+) -> MethodResult:
     from .adapters.normflows_baselines import sample_flow
 
     config = _jko_config(method, seed)
@@ -205,7 +215,9 @@ def _train_jko(method: str, x: Tensor, x_val: Tensor, budget_seconds: float | No
     )
 
 
-def _train_fm(method: str, x: Tensor, budget_seconds: float | None, steps: int | None, seed: int) -> MethodResult:
+def _train_fm(
+    method: str, x: Tensor, budget_seconds: float | None, steps: int | None, seed: int
+) -> MethodResult:
     from .adapters.external import nfe as solver_nfe
     from .adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
@@ -244,7 +256,9 @@ def _train_fm(method: str, x: Tensor, budget_seconds: float | None, steps: int |
     )
 
 
-def _train_baseline(method: str, x: Tensor, budget_seconds: float | None, steps: int | None, seed: int) -> MethodResult:
+def _train_baseline(
+    method: str, x: Tensor, budget_seconds: float | None, steps: int | None, seed: int
+) -> MethodResult:
     from .adapters.normflows_baselines import fit_maximum_likelihood, make_baseline, sample_flow
 
     with torch.random.fork_rng(devices=[]):
@@ -259,12 +273,18 @@ def _train_baseline(method: str, x: Tensor, budget_seconds: float | None, steps:
         lr=PEER_LR,
         seed=seed,
     )
-    layers = sum(1 for f in flow.flows if not isinstance(f, (torch.nn.Identity,)) and "Permute" not in type(f).__name__)
+    layers = sum(
+        1 for f in flow.flows if not isinstance(f, (torch.nn.Identity,)) and "Permute" not in type(f).__name__
+    )
     nfe = layers * (x.shape[1] if method == "nsf" else 1)  # autoregressive inverse: d passes per layer
-    return MethodResult(flow, lambda n, gen: sample_flow(flow, n, generator=gen), history.seconds, history.steps, nfe, {})
+    return MethodResult(
+        flow, lambda n, gen: sample_flow(flow, n, generator=gen), history.seconds, history.steps, nfe, {}
+    )
 
 
-def _train(method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, steps: int | None, seed: int) -> MethodResult:
+def _train(
+    method: str, x: Tensor, x_val: Tensor, budget_seconds: float | None, steps: int | None, seed: int
+) -> MethodResult:
     if method in ("jko", "jko-spline"):
         return _train_jko(method, x, x_val, budget_seconds, steps, seed)
     if method in ("cfm", "otcfm"):
@@ -403,12 +423,20 @@ def compare(
     """
     names = _methods(methods)
     if (budget_seconds is None) == (steps is None):
-        raise ValueError(f"give exactly one of budget_seconds and steps, got budget_seconds={budget_seconds!r}, steps={steps!r}")
+        raise ValueError(
+            "give exactly one of budget_seconds and steps, "
+            f"got budget_seconds={budget_seconds!r}, steps={steps!r}"
+        )
     if budget_seconds is not None and not (isinstance(budget_seconds, (int, float)) and budget_seconds > 0):
         raise ValueError(f"budget_seconds must be a positive number, got {budget_seconds!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points), ("num_samples", num_samples)):
+    for name, v in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("w2_points", w2_points),
+        ("num_samples", num_samples),
+    ):
         if not isinstance(v, int) or v < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
     label, x_train, x_test, ds = _load(dataset, num_train, num_test, seed, maf_root)
@@ -418,7 +446,9 @@ def compare(
     n = min(w2_points, x_test.shape[0], x_train.shape[0], num_samples)
     ref = x_test[:n]
     floor = wasserstein2(x_train[:n], ref)
-    true_nll = float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
+    true_nll = (
+        float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
+    )
     records, samples_by_method = [], {}
     for method in names:
         if verbose:
@@ -487,17 +517,32 @@ def compare(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``jko-flow compare`` to ``parser`` and return it."""
-    parser.add_argument("--dataset", default="moons", help="dataset name (moons, checkerboard, gmm16, digits, ...) or a .npy/.csv file")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, among {','.join(METHODS)}")
+    parser.add_argument(
+        "--dataset",
+        default="moons",
+        help="dataset name (moons, checkerboard, gmm16, digits, ...) or a .npy/.csv file",
+    )
+    parser.add_argument(
+        "--methods", default=DEFAULT_METHODS, help=f"comma-separated, among {','.join(METHODS)}"
+    )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--budget-seconds", type=float, default=None, help="wall-clock training budget per method (default 60)")
-    budget.add_argument("--steps", type=int, default=None, help="gradient steps per method instead of a time budget")
+    budget.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="wall-clock training budget per method (default 60)",
+    )
+    budget.add_argument(
+        "--steps", type=int, default=None, help="gradient steps per method instead of a time budget"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
     parser.add_argument(
-        "--maf-root", default=None, help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300"
+        "--maf-root",
+        default=None,
+        help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300",
     )
     return parser
 
@@ -525,7 +570,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m jko_plugin.compare [options]``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="jko-flow compare", description=__doc__.splitlines()[0]))
+    parser = add_arguments(
+        argparse.ArgumentParser(prog="jko-flow compare", description=__doc__.splitlines()[0])
+    )
     return run(parser.parse_args(argv))
 
 

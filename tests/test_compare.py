@@ -55,7 +55,10 @@ def test_reference_values(moons_run):
         assert r["w2_points"] == 200
     # Same number of gradient steps: 12 for the peers, 12 // blocks per JKO block.
     assert by["jko"]["train_steps"] == 12 and by["jko"]["details"]["iterations_per_block"] == [2] * 6
-    assert by["jko-spline"]["train_steps"] == 12 and by["jko-spline"]["details"]["iterations_per_block"] == [3] * 4
+    assert (
+        by["jko-spline"]["train_steps"] == 12
+        and by["jko-spline"]["details"]["iterations_per_block"] == [3] * 4
+    )
     for m in ("cfm", "otcfm", "realnvp", "nsf"):
         assert by[m]["train_steps"] == 12
     # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
@@ -71,12 +74,25 @@ def test_same_seed_same_numbers(moons_run):
 
 def test_user_npy_file_and_cli(tmp_path, capsys):
     gen = torch.Generator().manual_seed(0)
-    data = torch.randn(500, 3, generator=gen) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.5]])
+    data = torch.randn(500, 3, generator=gen) @ torch.tensor(
+        [[1.0, 0.5, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.5]]
+    )
     path = tmp_path / "mine.npy"
     np.save(path, data.numpy())
     parser = add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
-        ["--dataset", str(path), "--methods", "cfm,realnvp", "--steps", "5", "--num-test", "100", "--out", str(tmp_path / "o")]
+        [
+            "--dataset",
+            str(path),
+            "--methods",
+            "cfm,realnvp",
+            "--steps",
+            "5",
+            "--num-test",
+            "100",
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     assert run(args) == 0
     records = json.loads((tmp_path / "o" / "results.json").read_text())
@@ -98,7 +114,10 @@ def test_time_budget_is_respected(tmp_path):
 
 
 def test_unknown_method_or_dataset():
-    with pytest.raises(ValueError, match=r"methods must be among \['jko', 'jko-spline', 'cfm', 'otcfm', 'realnvp', 'nsf'\], got 'glow'"):
+    with pytest.raises(
+        ValueError,
+        match=r"methods must be among \['jko', 'jko-spline', 'cfm', 'otcfm', 'realnvp', 'nsf'\], got 'glow'",
+    ):
         compare("moons", "jko,glow", steps=1)
     with pytest.raises(ValueError, match=r"dataset must be one of .*'moons'.*got 'mnist'"):
         compare("mnist", "cfm", steps=1)
@@ -111,7 +130,13 @@ def test_unknown_method_or_dataset():
 
 
 def test_format_table_leaves_unknown_gap_out():
-    rec = {k: 1.0 for k in KEYS} | {"method": "cfm", "params": 10, "nfe": 48, "nll_gap": None, "train_steps": 5}
+    rec = {k: 1.0 for k in KEYS} | {
+        "method": "cfm",
+        "params": 10,
+        "nfe": 48,
+        "nll_gap": None,
+        "train_steps": 5,
+    }
     table = format_table([rec])
     assert "gap to true" not in table
     assert table.splitlines()[2].startswith("| cfm | 1.000 |")
