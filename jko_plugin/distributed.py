@@ -1,4 +1,20 @@
-r"""torch.distributed plumbing of ``JKOTrainer``: the process group, data shards, reductions, DDP."""
+r"""torch.distributed plumbing of ``JKOTrainer``: the process group, data shards, reductions, DDP.
+
+Launch: ``torchrun --standalone --nproc_per_node=N script.py`` where the script calls
+``JKOTrainer.fit`` with the same data on every rank; ``fit`` joins (or creates, from torchrun's
+``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``) the process group.
+
+What a run with ``W`` ranks shares with the single-process run of the same seed and global
+``batch_size``: the initial weights (rank 0's, broadcast), the validation subset, the step
+sizes, the stopping and growth decisions' rule, and rank 0's batch order and probe seed. What
+differs: rank ``r`` trains on rows ``r, r + W, ...`` and draws its ``batch_size / W`` points per
+step with its own generator, so the mini-batches differ and the models agree with the
+single-process one only within the statistical noise of training (not bit for bit). With
+``W = 1`` (plain ``python`` or ``torchrun --nproc_per_node=1``) training is bit-identical to the
+single-process trainer. Within one run all ranks hold bit-identical weights (DDP applies the same
+averaged gradients) and report bit-identical figures (sums all-reduced, then rank 0's broadcast),
+and two runs with the same ``W``, seed and hardware are identical.
+"""
 
 from __future__ import annotations
 
@@ -74,7 +90,7 @@ class DistributedContext:
                 "another rank has probably stopped with an error, see its output"
             ) from err
 
-    def sum(self, values: Tensor) -> Tensor:
+    def all_sum(self, values: Tensor) -> Tensor:
         """Sum a float64 CPU tensor over ranks; every rank gets rank 0's bits of the result."""
         if not self.active:
             return values

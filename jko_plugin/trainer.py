@@ -353,7 +353,7 @@ class JKOTrainer:
                     # Sums over all ranks (and rank 0's clock), the same bits on every rank.
                     n_val = val.shape[0]
                     local = [float(nlls.double().sum()), inv_err * n_val, float(n_val), seconds * ctx.is_main]
-                    total = ctx.sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64)]))
+                    total = ctx.all_sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64)]))
                     sums = total[: sums.numel()]
                     nll_sum, inv_sum, n_val, seconds = (float(v) for v in total[sums.numel() :])
                     nll, inv_err = nll_sum / n_val, inv_sum / n_val
