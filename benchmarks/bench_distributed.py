@@ -41,7 +41,9 @@ def timed_fit(iters: int, seed: int) -> list[float]:
     x = torch.as_tensor(two_moons(20000, seed=0, noise=0.05, standardize=True)).float()
     torch.manual_seed(0)
     flow = make_flow(2, len(HS), hidden=(64, 64), steps=2)
-    trainer = JKOTrainer(flow, HS, iterations=iters, batch_size=BATCH, progress=False, seed=seed, eval_size=500)
+    trainer = JKOTrainer(
+        flow, HS, iterations=iters, batch_size=BATCH, progress=False, seed=seed, eval_size=500
+    )
     times = []
     inner = trainer._train_block
 
@@ -113,7 +115,11 @@ def comm_share(iters: int) -> dict:
 
 def _worker(rank: int, world: int, port: int, iters: int, repeats: int, out: str) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     runs = [timed_fit(iters, seed) for seed in range(repeats)]
