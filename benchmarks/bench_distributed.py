@@ -169,8 +169,9 @@ def main() -> None:
     base = results["1proc_1thread"]["samples_per_second_per_block"]
     for v in results.values():
         v["speedup_vs_1proc_1thread"] = v["samples_per_second_per_block"] / base
+    cpu = platform.processor() or platform.machine()
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}",
+        "machine": f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}",
         "gpu": "none: no GPU machine was lent to this task, so no NCCL figures",
         "config": {
             "model": "make_flow(2, 2, hidden=(64, 64), steps=2), float32",
