@@ -2,6 +2,7 @@ r"""jko-plugin: JKO flow models (block-wise Wasserstein proximal steps) for norm
 
 from .block import JKOBlock, Transport
 from .checkpoint import CheckpointError
+from .distributed import DistributedError
 from .datasets import GaussianMixture, load_dataset, load_maf, load_samples
 from .flows import jko_steps, make_flow, make_spline_step
 from .history import BlockRecord, TrainingHistory
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockRecord",
     "CheckpointError",
+    "DistributedError",
     "GaussianMixture",
     "JKOBlock",
     "JKOFlowModel",
