@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# The tests use small tensors, for which a second intra-op thread buys little, while on a shared
+# 2-core machine two OpenMP threads per process spin against each other and slow runs manyfold.
+torch.set_num_threads(1)
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="torch device for the tests (default: cpu)")
