@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -369,7 +368,8 @@ def _params(model: nn.Module) -> int:
 
 def format_table(records: Sequence[dict]) -> str:
     """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
-    columns = [c for c in TABLE_COLUMNS if any(c[0] in r and r[c[0]] is not None for r in records)]
+    has_gap = any(r.get("nll_gap") is not None for r in records)
+    columns = [c for c in TABLE_COLUMNS if c[0] != "nll_gap" or has_gap]
     lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         cells = []
@@ -445,7 +445,9 @@ def compare(
         verbose: Print progress and the table.
 
     Returns:
-        One record per method (see the module docstring for the keys).
+        One record per method (see the module docstring for the keys). A model whose test
+        log-likelihood is not finite (diverged training) gets ``test_nll = None``, and one with
+        non-finite samples ``w2 = mmd = None``; ``errors`` says why, and the table shows "-".
 
     Raises:
         ValueError: Unknown method or dataset (the message lists the choices), a bad budget.
@@ -493,19 +495,27 @@ def compare(
         sample_seconds = time.perf_counter() - start
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
-        test_nll = nll(result.model, x_test)
+        errors = []
+        try:
+            test_nll = nll(result.model, x_test)
+        except ValueError as err:  # a diverged model: recorded as failed, not dropped
+            test_nll = None
+            errors.append(f"test_nll: {err}")
+        if scored.shape[0] < n:
+            errors.append(f"only {scored.shape[0]} of {n} scored samples are finite: no W2 / MMD")
+        known = test_nll is not None and true_nll is not None
         record = {
             "method": method,
             "dataset": label,
             "dim": dim,
             "test_nll": test_nll,
             "true_nll": true_nll,
-            "nll_gap": None if true_nll is None else test_nll - true_nll,
-            "nll_gap_per_dim": None if true_nll is None else (test_nll - true_nll) / dim,
-            "w2": wasserstein2(scored, ref) if scored.shape[0] == n else math.inf,
+            "nll_gap": test_nll - true_nll if known else None,
+            "nll_gap_per_dim": (test_nll - true_nll) / dim if known else None,
+            "w2": wasserstein2(scored, ref) if scored.shape[0] == n else None,
             "w2_floor": floor,
             "w2_points": n,
-            "mmd": mmd(scored, ref) if scored.shape[0] == n else math.inf,
+            "mmd": mmd(scored, ref) if scored.shape[0] == n else None,
             "train_seconds": result.train_seconds,
             "train_steps": result.train_steps,
             "params": _params(result.model),
@@ -513,6 +523,7 @@ def compare(
             "sample_seconds": sample_seconds,
             "num_samples": num_samples,
             "nonfinite_samples": int((~finite).sum()),
+            "errors": errors,
             "budget_seconds": budget_seconds,
             "budget_steps": steps,
             "seed": seed,

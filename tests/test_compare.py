@@ -152,3 +152,17 @@ def test_maf_benchmark_from_local_files(tmp_path):
         compare("moons", "realnvp", steps=2, maf_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="MAF data directory"):
         compare("power", "realnvp", steps=2, maf_root=tmp_path / "nowhere")
+
+
+def test_diverged_model_is_recorded_not_dropped(monkeypatch):
+    import jko_plugin.compare as cmp
+
+    def broken(model, x, **kw):
+        raise ValueError("the model's log_prob is not finite on x (mean NLL nan)")
+
+    monkeypatch.setattr(cmp, "nll", broken)
+    (rec,) = compare("moons", "realnvp", steps=2, num_train=300, num_test=100, num_samples=200)
+    assert rec["test_nll"] is None and rec["nll_gap"] is None
+    assert rec["errors"] == ["test_nll: the model's log_prob is not finite on x (mean NLL nan)"]
+    assert rec["w2"] > 0
+    assert format_table([rec]).splitlines()[2].startswith("| realnvp | - |")
