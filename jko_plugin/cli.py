@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
 
+    from .compare import add_arguments
+
+    add_arguments(sub.add_parser("compare", help="train JKO flows and their peers side by side; table, JSON, figure"))
     return parser
 
 
@@ -125,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jko-flow``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"demo": _demo, "train": _train, "sample": _sample}
+    from .compare import run as _compare
+
+    commands = {"demo": _demo, "train": _train, "sample": _sample, "compare": _compare}
     if args.command not in commands:
         parser.print_help()
         return 2

@@ -56,3 +56,12 @@ def test_train_reports_bad_data(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "jko_plugin.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "jko-plugin" in out.stdout
+
+
+def test_compare_is_wired_into_the_cli(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--dataset", "moons", "--methods", "jko-spline,realnvp", "--steps", "30",
+                 "--num-train", "600", "--num-test", "300", "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["jko-spline", "realnvp"]
+    assert (out / "table.md").exists()
