@@ -739,7 +739,8 @@ def w2_floor(
         ValueError: Bad ``x``, ``n`` outside ``[1, N // 2]``, ``repeats < 1``, or as :func:`sinkhorn`.
 
     Example:
-        >>> w2_floor(torch.randn(2000, 2)) < 0.2
+        >>> data = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+        >>> 0.05 < w2_floor(data) < 0.3
         True
     """
     x = _points(x, "x")
