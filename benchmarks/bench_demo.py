@@ -11,7 +11,7 @@ figure DESIGN.md and issue 3 quote (floor about 0.047, target 0.12). The debiase
 removes most of the finite-sample bias, so it reads lower than the exact empirical W2.
 Prints a table of medians and writes JSON.
 
-    python benchmarks/bench_demo.py [--seeds 0 1 2] [--blocks ode spline] [--out benchmarks/results/demo.json]
+    python benchmarks/bench_demo.py [--seeds 0 1 2] [--blocks spline ode] [--out benchmarks/results/demo.json]
 """
 
 import argparse
