@@ -91,13 +91,25 @@ def main():
             base = statistics.median(times["ours"])
             for name, ts in times.items():
                 med = statistics.median(ts)
-                rows.append({"dim": dim, "rk4_steps": steps, "variant": name, "ms_per_iter": med,
-                             "ratio_to_ours": med / base, "all_ms": ts})
+                rows.append(
+                    {
+                        "dim": dim,
+                        "rk4_steps": steps,
+                        "variant": name,
+                        "ms_per_iter": med,
+                        "ratio_to_ours": med / base,
+                        "all_ms": ts,
+                    }
+                )
     print(f"{'d':>3} {'rk4':>4} {'variant':>10} {'ms/iter':>9} {'x ours':>7}")
     for r in rows:
-        print(f"{r['dim']:>3} {r['rk4_steps']:>4} {r['variant']:>10} {r['ms_per_iter']:>9.2f} {r['ratio_to_ours']:>7.2f}")
+        print(
+            f"{r['dim']:>3} {r['rk4_steps']:>4} {r['variant']:>10} {r['ms_per_iter']:>9.2f} {r['ratio_to_ours']:>7.2f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

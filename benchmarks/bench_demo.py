@@ -58,27 +58,50 @@ def main():
                 torch.manual_seed(seed)
                 samples, _ = flow.sample(4000)
             sample_seconds = time.perf_counter() - start
-            run = {"block": block, "seed": seed, "train_seconds": seconds, "sample_seconds_4000": sample_seconds,
-                   "w2": wasserstein2(samples, x_test), "w2_floor": floor, "w2_gaussian": gauss,
-                   "w2_geomloss": w2_geomloss(samples, x_test), "w2_geomloss_floor": floor_g,
-                   "w2_geomloss_gaussian": gauss_g,
-                   "test_nll": history.blocks[-1].nll, "blocks": len(history.blocks),
-                   "inversion_error": max(b.inversion_error for b in history.blocks)}
+            run = {
+                "block": block,
+                "seed": seed,
+                "train_seconds": seconds,
+                "sample_seconds_4000": sample_seconds,
+                "w2": wasserstein2(samples, x_test),
+                "w2_floor": floor,
+                "w2_gaussian": gauss,
+                "w2_geomloss": w2_geomloss(samples, x_test),
+                "w2_geomloss_floor": floor_g,
+                "w2_geomloss_gaussian": gauss_g,
+                "test_nll": history.blocks[-1].nll,
+                "blocks": len(history.blocks),
+                "inversion_error": max(b.inversion_error for b in history.blocks),
+            }
             runs.append(run)
             print(json.dumps(run), flush=True)
-    keys = ("train_seconds", "w2", "w2_floor", "w2_gaussian", "w2_geomloss", "w2_geomloss_floor",
-            "w2_geomloss_gaussian", "test_nll")
+    keys = (
+        "train_seconds",
+        "w2",
+        "w2_floor",
+        "w2_gaussian",
+        "w2_geomloss",
+        "w2_geomloss_floor",
+        "w2_geomloss_gaussian",
+        "test_nll",
+    )
     print(f"\nmedians over seeds {args.seeds}; W2: ours (exact-calibrated) | GeomLoss debiased blur 0.01")
-    print(f"{'block':>6} {'train s':>8} {'W2':>7} {'floor':>7} {'N(0,I)':>7} | {'W2':>7} {'floor':>7} {'N(0,I)':>7} | {'NLL':>7}")
+    print(
+        f"{'block':>6} {'train s':>8} {'W2':>7} {'floor':>7} {'N(0,I)':>7} | {'W2':>7} {'floor':>7} {'N(0,I)':>7} | {'NLL':>7}"
+    )
     summary = {}
     for block in args.blocks:
         rs = [r for r in runs if r["block"] == block]
         med = {k: statistics.median(r[k] for r in rs) for k in keys}
         summary[block] = med
-        print(f"{block:>6} {med['train_seconds']:>8.1f} {med['w2']:>7.4f} {med['w2_floor']:>7.4f} {med['w2_gaussian']:>7.4f} | "
-              f"{med['w2_geomloss']:>7.4f} {med['w2_geomloss_floor']:>7.4f} {med['w2_geomloss_gaussian']:>7.4f} | {med['test_nll']:>7.4f}")
+        print(
+            f"{block:>6} {med['train_seconds']:>8.1f} {med['w2']:>7.4f} {med['w2_floor']:>7.4f} {med['w2_gaussian']:>7.4f} | "
+            f"{med['w2_geomloss']:>7.4f} {med['w2_geomloss_floor']:>7.4f} {med['w2_geomloss_gaussian']:>7.4f} | {med['test_nll']:>7.4f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"runs": runs, "medians": summary, "threads": torch.get_num_threads()}, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"runs": runs, "medians": summary, "threads": torch.get_num_threads()}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@ r"""jko-plugin: JKO flow models (block-wise Wasserstein proximal steps) for norm
 
 from .block import JKOBlock, Transport
 from .checkpoint import CheckpointError
-from .distributed import DistributedError
 from .datasets import GaussianMixture, load_dataset, load_maf, load_samples
+from .distributed import DistributedError
 from .flows import jko_steps, make_flow, make_spline_step
 from .history import BlockRecord, TrainingHistory
 from .model import JKOFlowModel

@@ -12,7 +12,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "fingerprint", "save_checkpoint", "load_checkpoint", "has_checkpoint", "STATE_FILE"]
+__all__ = [
+    "CheckpointError",
+    "fingerprint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "has_checkpoint",
+    "STATE_FILE",
+]
 
 STATE_FILE = "trainer.json"
 FORMAT = "jko-plugin-checkpoint"

@@ -15,7 +15,9 @@ __all__ = ["main", "build_parser"]
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--block", choices=["ode", "spline"], default="spline",
+        "--block",
+        choices=["ode", "spline"],
+        default="spline",
         help="kind of JKO step: spline (JKOSteps of spline layers, default) or ode (JKOBlocks)",
     )
     p.add_argument("--blocks", type=int, default=None, help="number of JKO steps")
@@ -30,8 +32,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    names = {"blocks": "num_blocks", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
-             "h0": "h0", "growth": "growth", "solver_steps": "steps"}
+    names = {
+        "blocks": "num_blocks",
+        "iterations": "iterations",
+        "batch_size": "batch_size",
+        "lr": "lr",
+        "h0": "h0",
+        "growth": "growth",
+        "solver_steps": "steps",
+    }
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
 
 
@@ -41,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jko-plugin {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    demo = sub.add_parser("demo", help="train a JKO flow on 2-D two-moons; write samples.png, metrics.json, model/")
+    demo = sub.add_parser(
+        "demo", help="train a JKO flow on 2-D two-moons; write samples.png, metrics.json, model/"
+    )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out; replaced)")
     _add_model_options(demo)
 
@@ -61,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .compare import add_arguments
 
-    add_arguments(sub.add_parser("compare", help="train JKO flows and their peers side by side; table, JSON, figure"))
+    add_arguments(
+        sub.add_parser("compare", help="train JKO flows and their peers side by side; table, JSON, figure")
+    )
     return parser
 
 
@@ -114,7 +127,9 @@ def _sample(args: argparse.Namespace) -> int:
         print(f"error: -n must be a positive integer, got {args.n}", file=sys.stderr)
         return 2
     pipe = JKOFlowPipeline.from_pretrained(args.model)
-    samples = pipe(batch_size=args.n, generator=torch.Generator().manual_seed(args.seed), output_type="np").samples
+    samples = pipe(
+        batch_size=args.n, generator=torch.Generator().manual_seed(args.seed), output_type="np"
+    ).samples
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples)

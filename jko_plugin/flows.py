@@ -26,7 +26,13 @@ def _reversal(dim: int) -> nf.flows.Permute:
 
 
 def make_spline_step(
-    dim: int, *, layers: int = 2, hidden: int = 64, bins: int = 8, tail_bound: float = 5.0, res_blocks: int = 2
+    dim: int,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    bins: int = 8,
+    tail_bound: float = 5.0,
+    res_blocks: int = 2,
 ) -> JKOStep:
     """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
     with coordinate reversals between them.
@@ -39,7 +45,11 @@ def make_spline_step(
         raise ValueError(f"layers must be a positive integer, got {layers!r}")
     flows: list[Flow] = []
     for i in range(layers):
-        flows.append(nf.flows.AutoregressiveRationalQuadraticSpline(dim, res_blocks, hidden, num_bins=bins, tail_bound=tail_bound))
+        flows.append(
+            nf.flows.AutoregressiveRationalQuadraticSpline(
+                dim, res_blocks, hidden, num_bins=bins, tail_bound=tail_bound
+            )
+        )
         if i < layers - 1 or layers % 2 == 0:
             flows.append(_reversal(dim))
     return JKOStep(flows, dim=dim)
@@ -74,9 +84,12 @@ def make_flow(
         flows = [JKOBlock(dim, hidden, **block_kwargs) for _ in range(num_blocks)]
     else:
         if block_kwargs:
-            raise ValueError(f"options {sorted(block_kwargs)} apply to ODE blocks only, not to block='spline'")
+            raise ValueError(
+                f"options {sorted(block_kwargs)} apply to ODE blocks only, not to block='spline'"
+            )
         flows = [
-            make_spline_step(dim, layers=spline_layers, hidden=spline_hidden, bins=spline_bins) for _ in range(num_blocks)
+            make_spline_step(dim, layers=spline_layers, hidden=spline_hidden, bins=spline_bins)
+            for _ in range(num_blocks)
         ]
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows)
 

@@ -90,7 +90,9 @@ class TrainingHistory:
             return float("nan") if v is None else v
 
         blocks = [BlockRecord(**{k: num(v) for k, v in b.items()}) for b in d.get("blocks", [])]
-        return cls(blocks, float(num(d.get("data_entropy"))), bool(d.get("converged", False)), d.get("options", {}))
+        return cls(
+            blocks, float(num(d.get("data_entropy"))), bool(d.get("converged", False)), d.get("options", {})
+        )
 
     def summary(self) -> str:
         """A plain-text table, one row per block."""
@@ -136,4 +138,6 @@ def knn_entropy(x: Tensor, k: int = 5, chunk: int = 2048) -> float:
         log_eps.append(eps.clamp_min(1e-300).log())
     log_vd = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1)
     psi = torch.special.digamma
-    return float(psi(torch.tensor(float(n))) - psi(torch.tensor(float(k))) + log_vd + d * torch.cat(log_eps).mean())
+    return float(
+        psi(torch.tensor(float(n))) - psi(torch.tensor(float(k))) + log_vd + d * torch.cat(log_eps).mean()
+    )

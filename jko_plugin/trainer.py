@@ -38,8 +38,21 @@ TRANSPORT_COSTS = ("displacement", "kinetic")
 ADAPTATIONS = ("reparametrize", "refine")
 # Options that change the trained model; a checkpoint made with other values is another model's.
 _MODEL_OPTIONS = (
-    "iterations", "batch_size", "optimizer", "lr", "lr_schedule", "weight_decay", "grad_clip",
-    "warm_start", "transport_cost", "tol", "max_blocks", "growth", "stop_early", "seed", "adapt",
+    "iterations",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "weight_decay",
+    "grad_clip",
+    "warm_start",
+    "transport_cost",
+    "tol",
+    "max_blocks",
+    "growth",
+    "stop_early",
+    "seed",
+    "adapt",
 )
 
 
@@ -141,7 +154,9 @@ def _step_sizes(schedule: object) -> list[float]:
     try:
         sizes = [float(h) for h in sizes]
     except TypeError as err:
-        raise ValueError(f"schedule must be a JKOScheduler or a sequence of step sizes, got {schedule!r}") from err
+        raise ValueError(
+            f"schedule must be a JKOScheduler or a sequence of step sizes, got {schedule!r}"
+        ) from err
     bad = [h for h in sizes if not (h > 0 and math.isfinite(h))]
     if bad:
         raise ValueError(f"step sizes h must be positive and finite, got {bad}")
@@ -184,12 +199,15 @@ class JKOTrainer:
     Example:
         >>> from jko_plugin import make_flow
         >>> flow = make_flow(2, 2, hidden=(16,), steps=1)
-        >>> history = JKOTrainer(flow, [0.5, 1.0], iterations=5, batch_size=32, progress=False).fit(torch.randn(64, 2))
+        >>> trainer = JKOTrainer(flow, [0.5, 1.0], iterations=5, batch_size=32, progress=False)
+        >>> history = trainer.fit(torch.randn(64, 2))
         >>> len(history.blocks)
         2
     """
 
-    def __init__(self, flow: nf.NormalizingFlow | Sequence[nn.Module], schedule: object, **options: object) -> None:
+    def __init__(
+        self, flow: nf.NormalizingFlow | Sequence[nn.Module], schedule: object, **options: object
+    ) -> None:
         fields = {f.name for f in dataclasses.fields(TrainerOptions)}
         unknown = sorted(set(options) - fields)
         if unknown:
@@ -207,7 +225,9 @@ class JKOTrainer:
         self.dim = steps[0].dim
         self.step_sizes = _step_sizes(schedule)
         if len(self.step_sizes) != len(steps):
-            raise ValueError(f"schedule has {len(self.step_sizes)} step sizes but the flow has {len(steps)} JKO steps")
+            raise ValueError(
+                f"schedule has {len(self.step_sizes)} step sizes but the flow has {len(steps)} JKO steps"
+            )
         growth = self.options.growth
         if growth is None:
             growth = getattr(getattr(schedule, "config", None), "get", lambda *_: None)("growth") or 1.0
@@ -306,7 +326,9 @@ class JKOTrainer:
         if ctx.active:
             theirs = ctx.broadcast_object(fingerprint(self.flow))
             if not ctx.all_true(theirs == fingerprint(self.flow)):
-                raise ValueError("the flow differs between ranks (layers or shapes); build the same model on every rank")
+                raise ValueError(
+                    "the flow differs between ranks (layers or shapes); build the same model on every rank"
+                )
             ctx.broadcast_module(self.flow)
         self.history.data_entropy = ctx.broadcast_object(knn_entropy(x_val) if ctx.is_main else None)
         x, x_val = shard(x, ctx), shard(x_val, ctx)
@@ -320,7 +342,9 @@ class JKOTrainer:
         return self.history
 
     # -- the block loop ------------------------------------------------------------------------
-    def _run(self, data: Tensor, val: Tensor, done: int, ckpt: Path | None, callback: Callable | None) -> None:
+    def _run(
+        self, data: Tensor, val: Tensor, done: int, ckpt: Path | None, callback: Callable | None
+    ) -> None:
         opts = self.options
         ctx = self.distributed
         val_log_det = val.new_zeros(val.shape[0])
@@ -360,8 +384,13 @@ class JKOTrainer:
                 else:
                     nll = float(nlls.mean())
                 record = BlockRecord(
-                    index=k, step_size=h, **self._stats(sums), kl_estimate=nll - self.history.data_entropy,
-                    nll=nll, inversion_error=inv_err, seconds=seconds,
+                    index=k,
+                    step_size=h,
+                    **self._stats(sums),
+                    kl_estimate=nll - self.history.data_entropy,
+                    nll=nll,
+                    inversion_error=inv_err,
+                    seconds=seconds,
                 )
                 self.history.blocks.append(record)
                 if ctx.is_main:
@@ -412,10 +441,16 @@ class JKOTrainer:
         pos = 0
         step.train()
         # DDP averages the gradients over ranks in backward (its construction copies rank 0's weights).
-        ddp = wrap_ddp(LossTerms(step, lambda s, out: self._loss_terms(s, out, h)), ctx, data.device) if ctx.active else None
+        ddp = (
+            wrap_ddp(LossTerms(step, lambda s, out: self._loss_terms(s, out, h)), ctx, data.device)
+            if ctx.active
+            else None
+        )
         bar = tqdm(
-            range(opts.iterations), desc=f"block {k}/{len(self.step_sizes)}",
-            disable=not (opts.progress and ctx.is_main), leave=False,
+            range(opts.iterations),
+            desc=f"block {k}/{len(self.step_sizes)}",
+            disable=not (opts.progress and ctx.is_main),
+            leave=False,
         )
         devices = [data.device.index or 0] if data.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -475,7 +510,10 @@ class JKOTrainer:
                 out = layer.transport(chunk)
                 z, ld = out.z, out.log_det
                 terms = self._loss_terms(layer, out, h)
-                sums += torch.tensor([float(t) * len(chunk) for t in terms] + [float(out.sq_displacement.sum()), float(out.z.square().sum())])
+                sums += torch.tensor(
+                    [float(t) * len(chunk) for t in terms]
+                    + [float(out.sq_displacement.sum()), float(out.z.square().sum())]
+                )
             outs.append(z)
             log_dets.append(ld)
         z = torch.cat(outs)
@@ -551,7 +589,10 @@ class JKOTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def _options_dict(self) -> dict:
         # As JSON would give them back (tuples become lists), so that saved and live compare equal.
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self.options, k)) for k in _MODEL_OPTIONS)}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(self.options, k)) for k in _MODEL_OPTIONS)
+        }
 
     def _state(self, trained: int) -> dict:
         return {
@@ -566,12 +607,18 @@ class JKOTrainer:
         meta, weights = loaded if loaded is not None else load_checkpoint(directory)
         if meta.get("options") != self._options_dict():
             theirs = meta.get("options", {})
-            diff = sorted(k for k in set(theirs) | set(self._options_dict()) if theirs.get(k) != self._options_dict().get(k))
+            diff = sorted(
+                k
+                for k in set(theirs) | set(self._options_dict())
+                if theirs.get(k) != self._options_dict().get(k)
+            )
             raise CheckpointError(f"checkpoint in {directory} was made with other trainer options: {diff}")
         sizes = [float(h) for h in meta["step_sizes"]]
         given = len(self.step_sizes)
         if sizes[:given] != self.step_sizes:
-            raise CheckpointError(f"checkpoint in {directory} has step sizes {sizes[:given]}, this run {self.step_sizes}")
+            raise CheckpointError(
+                f"checkpoint in {directory} has step sizes {sizes[:given]}, this run {self.step_sizes}"
+            )
         # Blocks appended by max_blocks in the saved run are appended here too before loading.
         while sum(1 for f in self.flow.flows if _is_jko(f)) < meta["num_steps"]:
             layers = list(reversed(self.flow.flows))

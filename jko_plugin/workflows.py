@@ -18,7 +18,15 @@ from .flows import BLOCK_KINDS, jko_steps, make_flow
 from .history import TrainingHistory
 from .trainer import JKOTrainer
 
-__all__ = ["RunConfig", "default_config", "train_flow", "evaluate", "plot_samples", "run_training", "run_demo"]
+__all__ = [
+    "RunConfig",
+    "default_config",
+    "train_flow",
+    "evaluate",
+    "plot_samples",
+    "run_training",
+    "run_demo",
+]
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,9 @@ def plot_samples(path: str | Path, data: Tensor, samples: Tensor, pushed: Sequen
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("data", data), ("samples", samples)] + [(f"after block {k}", p) for k, p in enumerate(pushed, 1)]
+    panels = [("data", data), ("samples", samples)] + [
+        (f"after block {k}", p) for k, p in enumerate(pushed, 1)
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8), squeeze=False)
     for ax, (title, pts) in zip(axes[0], panels):
         pts = pts.detach().cpu()
@@ -156,7 +166,13 @@ def _pushed(flow: nf.NormalizingFlow, x: Tensor) -> list[Tensor]:
 
 
 def run_training(
-    x_train: Tensor, x_test: Tensor, out: str | Path, config: RunConfig, *, resume: bool = False, progress: bool = True
+    x_train: Tensor,
+    x_test: Tensor,
+    out: str | Path,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Train, evaluate and write ``metrics.json``, ``samples.png`` and the pipeline in ``out/model``.
 
@@ -190,10 +206,19 @@ def run_training(
     return metrics
 
 
-def run_demo(out: str | Path = "demo_out", *, block: str = "spline", seed: int = 0, progress: bool = True, **overrides: object) -> dict:
+def run_demo(
+    out: str | Path = "demo_out",
+    *,
+    block: str = "spline",
+    seed: int = 0,
+    progress: bool = True,
+    **overrides: object,
+) -> dict:
     """Train the default JKO flow on standardised two-moons (noise 0.05) and write its report."""
     from .datasets import two_moons
 
     x_train = two_moons(20000, seed=seed, noise=0.05, standardize=True)
     x_test = two_moons(4000, seed=seed + 1, noise=0.05, standardize=True)
-    return run_training(x_train, x_test, out, default_config(block, seed=seed, **overrides), progress=progress)
+    return run_training(
+        x_train, x_test, out, default_config(block, seed=seed, **overrides), progress=progress
+    )

@@ -29,12 +29,52 @@ def test_train_then_sample_on_user_files(tmp_path):
     np.save(tmp_path / "pts.npy", x)
     np.savetxt(tmp_path / "pts.csv", x, delimiter=",")
     args = ["--blocks", "2", "--iterations", "10", "--batch-size", "256", "--quiet"]
-    assert main(["train", "--data", str(tmp_path / "pts.csv"), "--out", str(tmp_path / "run"), "--block", "spline", *args]) == 0
-    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "-n", "50", "--out", str(tmp_path / "s.npy")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "pts.csv"),
+                "--out",
+                str(tmp_path / "run"),
+                "--block",
+                "spline",
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tmp_path / "run" / "model"),
+                "-n",
+                "50",
+                "--out",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+        == 0
+    )
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (50, 2) and np.isfinite(s).all()
     # Same seed, same samples; the saved model reproduces the trained flow.
-    assert main(["sample", "--model", str(tmp_path / "run" / "model"), "-n", "50", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tmp_path / "run" / "model"),
+                "-n",
+                "50",
+                "--out",
+                str(tmp_path / "t.csv"),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(np.loadtxt(tmp_path / "t.csv", delimiter=","), s, rtol=1e-5, atol=1e-6)
     # A second run into the same folder neither overwrites nor resumes unless asked.
     before = (tmp_path / "run" / "metrics.json").read_bytes()
@@ -49,19 +89,44 @@ def test_train_reports_bad_data(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "7" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    assert main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert main(["sample", "--model", str(tmp_path / "nomodel"), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    )
+    assert (
+        main(["sample", "--model", str(tmp_path / "nomodel"), "-n", "5", "--out", str(tmp_path / "s.npy")])
+        == 2
+    )
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "jko_plugin.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "jko_plugin.cli", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "jko-plugin" in out.stdout
 
 
 def test_compare_is_wired_into_the_cli(tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--dataset", "moons", "--methods", "jko-spline,realnvp", "--steps", "30",
-                 "--num-train", "600", "--num-test", "300", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--dataset",
+                "moons",
+                "--methods",
+                "jko-spline,realnvp",
+                "--steps",
+                "30",
+                "--num-train",
+                "600",
+                "--num-test",
+                "300",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in records] == ["jko-spline", "realnvp"]
     assert (out / "table.md").exists()

@@ -207,7 +207,9 @@ def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
     small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(FileExistsError, match="resume=True"):
-        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+        small_trainer(make_flow(2, 1, hidden=(16,), steps=1), [0.5], iterations=5).fit(
+            x, checkpoint_dir=tmp_path
+        )
     with pytest.raises(CheckpointError, match="another model"):
         small_trainer(make_flow(2, 1, hidden=(8,), steps=1), [0.5], iterations=5).fit(
             x, checkpoint_dir=tmp_path, resume=True
@@ -262,7 +264,12 @@ def test_divergence_is_reported_and_checkpoint_kept(tmp_path):
 @pytest.mark.parametrize(
     "data, kw, err, match",
     [
-        (torch.tensor([[0.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]] * 100), {}, ValueError, "NaN or inf in 200 of 300 rows"),
+        (
+            torch.tensor([[0.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]] * 100),
+            {},
+            ValueError,
+            "NaN or inf in 200 of 300 rows",
+        ),
         (torch.randn(100, 2), {"batch_size": 128}, ValueError, "fewer than batch_size=128"),
         (torch.randn(300, 3), {}, ValueError, "dimension 3, the model's is 2"),
         (torch.randn(300), {}, ValueError, "2-D"),
@@ -310,7 +317,9 @@ def test_adapt_reparametrize_and_refine():
 
     x = moons(800)
     flow = make_flow(2, 2, hidden=(16,), steps=1)
-    trainer = small_trainer(flow, JKOScheduler(step_sizes=[0.2, 2.0]), iterations=20, adapt=("reparametrize",))
+    trainer = small_trainer(
+        flow, JKOScheduler(step_sizes=[0.2, 2.0]), iterations=20, adapt=("reparametrize",)
+    )
     first = {}
 
     def keep(record):
