@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--out", default="benchmarks/results/distributed.json")
-    parser.add_argument("--md", default="benchmarks/distributed.md")
+    parser.add_argument("--md", default="benchmarks/results/distributed.md")
     args = parser.parse_args()
 
     results = {}
