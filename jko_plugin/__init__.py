@@ -6,6 +6,17 @@ from .datasets import GaussianMixture, load_dataset, load_maf, load_samples
 from .distributed import DistributedError
 from .flows import jko_steps, make_flow, make_spline_step
 from .history import BlockRecord, TrainingHistory
+from .metrics import (
+    SinkhornResult,
+    bits_per_dim,
+    inversion_error,
+    mmd,
+    nll,
+    sinkhorn,
+    sinkhorn_divergence,
+    w2_floor,
+    wasserstein2,
+)
 from .model import JKOFlowModel
 from .pipeline import JKOFlowPipeline, JKOFlowPipelineOutput
 from .scheduler import JKOScheduler, JKOSchedulerOutput
@@ -28,16 +39,25 @@ __all__ = [
     "JKOSchedulerOutput",
     "JKOStep",
     "JKOTrainer",
+    "SinkhornResult",
     "TrainerOptions",
     "TrainingDiverged",
     "TrainingHistory",
     "Transport",
     "VelocityMLP",
+    "bits_per_dim",
+    "inversion_error",
     "jko_steps",
     "load_dataset",
     "load_maf",
     "load_samples",
     "make_flow",
     "make_spline_step",
+    "mmd",
+    "nll",
+    "sinkhorn",
+    "sinkhorn_divergence",
+    "w2_floor",
+    "wasserstein2",
     "__version__",
 ]
