@@ -1,7 +1,23 @@
 """A FlowTest-style helper shared by the tests of every flow layer (normflows + zuko style)."""
 
+import math
+
 import torch
 from torch.autograd.functional import jacobian
+
+
+def moons(n: int, seed: int = 0) -> torch.Tensor:
+    """Standardised two moons (noise 0.05) from a seeded torch generator, float32 (n, 2).
+
+    The tests' own small generator: fixed numbers for fixed seeds, independent of
+    jko_plugin.datasets, whose tests check that module separately."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * math.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
+    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
+    pts = torch.stack([x, y], 1) + 0.05 * torch.randn(n, 2, generator=g)
+    return (pts - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5])
 
 
 def check_flow(flow, x: torch.Tensor, *, atol: float = 1e-6) -> None:

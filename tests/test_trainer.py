@@ -8,16 +8,7 @@ import torch
 from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, make_flow
 from jko_plugin.history import TrainingHistory, knn_entropy
 
-
-def moons(n, seed=0):
-    # Standardised two moons (noise 0.05), without scikit-learn.
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(n, generator=g) * math.pi
-    upper = torch.rand(n, generator=g) < 0.5
-    x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
-    y = torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))
-    pts = torch.stack([x, y], 1) + 0.05 * torch.randn(n, 2, generator=g)
-    return (pts - torch.tensor([0.5, 0.25])) / torch.tensor([0.87, 0.5])
+from .flowcheck import moons
 
 
 def jko_gaussian_step(m, s, h):
