@@ -19,9 +19,7 @@ the model can be sampled by ``FlowMatchEulerDiscreteScheduler`` through any pipe
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 
 from .._ops import check_choice
 from ..velocity import VelocityMLP
+from .budget import LR_SCHEDULES, FitHistory, TrainingBudget, fit_budgeted, lr_factor
 from .external import ode_log_prob, sample_ode
 
 __all__ = [
@@ -47,57 +46,6 @@ __all__ = [
 
 PATHS = ("linear", "trig")
 COUPLINGS = ("independent", "ot")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-@dataclass(frozen=True)
-class TrainingBudget:
-    """Stop training after ``steps`` gradient steps or ``seconds`` of wall clock, whichever comes first.
-
-    ``progress(step, elapsed)`` in [0, 1] drives learning-rate schedules, so a cosine decay ends
-    at the end of the budget whichever way it is given.
-    """
-
-    steps: int | None = None
-    seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.steps is None and self.seconds is None:
-            raise ValueError("give a training budget: steps or seconds (or both), got neither")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
-
-    def progress(self, step: int, elapsed: float) -> float:
-        parts = []
-        if self.steps is not None:
-            parts.append(step / self.steps)
-        if self.seconds is not None:
-            parts.append(elapsed / self.seconds)
-        return min(1.0, max(parts))
-
-    def done(self, step: int, elapsed: float) -> bool:
-        return self.progress(step, elapsed) >= 1.0
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
-@dataclass
-class FitHistory:
-    """What a training run did: gradient steps, seconds, and the loss every ``log_every`` steps."""
-
-    steps: int = 0
-    seconds: float = 0.0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": self.seconds, "losses": [list(p) for p in self.losses]}
 
 
 def ot_pairing(x: Tensor, z: Tensor) -> Tensor:
@@ -250,30 +198,16 @@ def fit_flow_matching(
     p = next(model.parameters())
     x = x.to(dtype=p.dtype, device=p.device)
     gen = torch.Generator(device=p.device).manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = FitHistory()
-    model.train()
-    start = time.perf_counter()
-    while not budget.done(history.steps, time.perf_counter() - start):
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_factor(
-                lr_schedule, budget.progress(history.steps, time.perf_counter() - start)
-            )
+
+    def batch_loss() -> Tensor:
         xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)]
         z = torch.randn(xb.shape, generator=gen, dtype=p.dtype, device=p.device)
         if coupling == "ot":
             z = z[ot_pairing(xb, z)]
         sigma = torch.rand(batch_size, generator=gen, dtype=p.dtype, device=p.device)
-        loss = model.loss(xb, z, sigma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.steps += 1
-        if history.steps % log_every == 0 or history.steps == 1:
-            history.losses.append((history.steps, float(loss.detach())))
-    history.seconds = time.perf_counter() - start
-    model.eval()
-    return history
+        return model.loss(xb, z, sigma)
+
+    return fit_budgeted(model, batch_loss, budget, lr=lr, lr_schedule=lr_schedule, log_every=log_every)
 
 
 @torch.no_grad()

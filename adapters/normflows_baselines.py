@@ -6,14 +6,12 @@ normflows method (``log_prob``, ``sample``, ``forward_kld``) works on them uncha
 
 from __future__ import annotations
 
-import time
-
 import normflows as nf
 import torch
 from torch import Tensor
 
 from .._ops import check_choice
-from .flow_matching import LR_SCHEDULES, FitHistory, TrainingBudget, lr_factor
+from .budget import FitHistory, TrainingBudget, fit_budgeted
 
 __all__ = ["BASELINES", "fit_maximum_likelihood", "make_baseline", "make_nsf", "make_realnvp", "sample_flow"]
 
@@ -118,7 +116,6 @@ def fit_maximum_likelihood(
     Returns:
         ``FitHistory``. Steps whose loss is not finite are skipped (counted, not applied).
     """
-    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     budget = TrainingBudget(steps, budget_seconds)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -127,29 +124,21 @@ def fit_maximum_likelihood(
     p = next(flow.parameters())
     x = x.to(dtype=p.dtype, device=p.device)
     gen = torch.Generator(device=p.device).manual_seed(seed)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
-    history = FitHistory()
-    flow.train()
-    start = time.perf_counter()
-    while not budget.done(history.steps, time.perf_counter() - start):
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_factor(
-                lr_schedule, budget.progress(history.steps, time.perf_counter() - start)
-            )
+
+    def batch_loss() -> Tensor:
         xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)]
-        loss = flow.forward_kld(xb)
-        opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), max_grad_norm)
-            opt.step()
-        history.steps += 1
-        if history.steps % log_every == 0 or history.steps == 1:
-            history.losses.append((history.steps, float(loss.detach())))
-    history.seconds = time.perf_counter() - start
-    flow.eval()
-    return history
+        return flow.forward_kld(xb)
+
+    return fit_budgeted(
+        flow,
+        batch_loss,
+        budget,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        log_every=log_every,
+    )
 
 
 @torch.no_grad()
