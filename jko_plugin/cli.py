@@ -27,6 +27,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--h0", type=float, default=None, help="first step size h_1")
     p.add_argument("--growth", type=float, default=None, help="ratio h_{k+1} / h_k")
     p.add_argument("--solver-steps", type=int, default=None, help="RK4 steps per ODE block")
+    p.add_argument(
+        "--trace",
+        choices=["auto", "exact", "hutchinson"],
+        default=None,
+        help="ODE blocks' divergence in training (auto: exact up to d = 32); from d = 4 on, "
+        "hutchinson's cheaper iterations trained better at equal time (BENCHMARKS.md s.4)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -40,6 +47,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "h0": "h0",
         "growth": "growth",
         "solver_steps": "steps",
+        "trace": "trace",
     }
     return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
 

@@ -8,7 +8,9 @@ held-out points with the same metrics, and writes ``table.md``, ``results.json``
 
 Methods (``METHODS``):
 
-- ``jko``: JKO flow of ODE blocks (``default_config("ode")``: 6 blocks, 2 RK4 steps each);
+- ``jko``: JKO flow of ODE blocks (``default_config("ode")``: 6 blocks, 2 RK4 steps each),
+  trained with the exact divergence up to d = 3 and Hutchinson's estimate above (evaluated
+  exactly either way);
 - ``jko-spline``: JKO flow of spline steps (``default_config("spline")``: 4 steps of 2 layers);
 - ``cfm``: flow matching, linear path, independent coupling (I-CFM / rectified flow);
 - ``otcfm``: flow matching with exact minibatch OT coupling (OT-CFM);
@@ -17,8 +19,7 @@ Methods (``METHODS``):
 Budgets. With ``budget_seconds`` the peers train until the clock runs out. A JKO flow trains a
 number of iterations per block, so ``compare`` first times, on a throwaway one-block flow, a few
 training iterations and the per-block overhead (pushing the data through it), then before each
-block sets its
-iterations so that the blocks left share the time left (re-measuring the cost per iteration on
+block sets its iterations so that the blocks left share the time left (re-measuring the cost per iteration on
 the blocks trained so far), and reports the real time, calibration included, as
 ``train_seconds``. With ``steps``, every method takes that many gradient steps; a
 JKO flow takes ``steps // num_blocks`` per block (``steps`` in all).
@@ -105,15 +106,20 @@ class MethodResult:
 # -- training -----------------------------------------------------------------------------------
 
 
-def _jko_config(method: str, seed: int) -> RunConfig:
-    return default_config("ode" if method == "jko" else "spline", seed=seed)
+def _jko_config(method: str, dim: int, seed: int) -> RunConfig:
+    if method == "jko":
+        # From d = 4 on, Hutchinson's cheaper iterations won at equal time (BENCHMARKS.md s.4).
+        return default_config("ode", seed=seed, trace="exact" if dim <= 3 else "hutchinson")
+    return default_config("spline", seed=seed)
 
 
 def _build_jko(config: RunConfig, dim: int, num_blocks: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if config.block == "ode":
-            return make_flow(dim, num_blocks, block="ode", hidden=config.hidden, steps=config.steps)
+            return make_flow(
+                dim, num_blocks, block="ode", hidden=config.hidden, steps=config.steps, trace=config.trace
+            )
         return make_flow(
             dim,
             num_blocks,
@@ -210,9 +216,11 @@ def _train_jko(
 ) -> MethodResult:
     from .adapters.normflows_baselines import sample_flow
 
-    config = _jko_config(method, seed)
+    config = _jko_config(method, x.shape[1], seed)
     flow = _build_jko(config, x.shape[1], config.num_blocks)
     details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
+    if config.block == "ode":
+        details["trace"] = config.trace
     start = time.perf_counter()
     if steps is not None:
         iterations = max(1, steps // config.num_blocks)

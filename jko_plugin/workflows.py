@@ -13,6 +13,8 @@ import normflows as nf
 import torch
 from torch import Tensor
 
+from ._ops import check_choice
+from .block import TRACE_ESTIMATORS
 from .distributed import is_main_process
 from .flows import BLOCK_KINDS, jko_steps, make_flow
 from .history import TrainingHistory
@@ -40,6 +42,7 @@ class RunConfig:
     num_blocks: int = 6
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 2
+    trace: str = "auto"
     spline_layers: int = 2
     spline_hidden: int = 64
     iterations: int = 300
@@ -52,6 +55,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.block not in BLOCK_KINDS:
             raise ValueError(f"block must be one of {list(BLOCK_KINDS)}, got {self.block!r}")
+        check_choice("trace", self.trace, TRACE_ESTIMATORS)
         if self.h0 <= 0 or self.growth <= 0:
             raise ValueError(f"h0 and growth must be positive, got h0={self.h0!r}, growth={self.growth!r}")
 
@@ -87,7 +91,7 @@ def train_flow(
             config.num_blocks,
             block=config.block,
             **(
-                dict(hidden=config.hidden, steps=config.steps)
+                dict(hidden=config.hidden, steps=config.steps, trace=config.trace)
                 if config.block == "ode"
                 else dict(spline_layers=config.spline_layers, spline_hidden=config.spline_hidden)
             ),

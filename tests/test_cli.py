@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from jko_plugin.cli import main
 from jko_plugin.datasets import two_moons
@@ -130,3 +129,15 @@ def test_compare_is_wired_into_the_cli(tmp_path):
     records = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in records] == ["jko-spline", "realnvp"]
     assert (out / "table.md").exists()
+
+
+def test_trace_option_reaches_the_config():
+    from jko_plugin.cli import _overrides, build_parser
+    from jko_plugin.workflows import RunConfig, default_config
+
+    args = build_parser().parse_args(
+        ["train", "--data", "x.npy", "--out", "o", "--block", "ode", "--trace", "hutchinson"]
+    )
+    assert default_config("ode", **_overrides(args)).trace == "hutchinson"
+    with pytest.raises(ValueError, match="trace must be one of"):
+        RunConfig(trace="approx")

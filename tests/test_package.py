@@ -19,7 +19,9 @@ def test_adapters_are_a_subpackage_not_a_top_level_module(tmp_path):
         "print(a.__name__);"
         "print(importlib.util.find_spec('adapters') is None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["jko_plugin.adapters", "True"]
 
 
