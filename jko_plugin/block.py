@@ -26,14 +26,14 @@ class Transport:
 
     Attributes:
         z: The pushed points ``T(x)``.
-        log_det: ``log|det dT/dx|``.
+        log_det: ``log|det dT/dx|`` (``None`` from ``JKOBlock.transport(x, log_det=False)``).
         sq_displacement: ``|T(x) - x|^2``.
         kinetic_energy: ``integral |f(x_t, t)|^2 dt`` along the path, or ``None`` for steps that
             are not ODE flows (``JKOStep``).
     """
 
     z: Tensor
-    log_det: Tensor
+    log_det: Tensor | None
     sq_displacement: Tensor
     kinetic_energy: Tensor | None
 
@@ -157,9 +157,11 @@ class JKOBlock(Flow):
         return self.trace == "exact"
 
     # -- integration -----------------------------------------------------------------------
-    def _integrate(self, x: Tensor, reverse: bool, kinetic: bool) -> tuple[Tensor, list[Tensor]]:
+    def _integrate(
+        self, x: Tensor, reverse: bool, kinetic: bool, trace: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
         probes = None
-        if not self._use_exact_trace():
+        if trace and not self._use_exact_trace():
             probes = torch.randint(0, 2, (x.shape[0], self.num_probes, self.dim), device=x.device)
             probes = probes.to(x.dtype) * 2 - 1
         t0, t1 = (float(v) for v in self.interval)
@@ -168,22 +170,29 @@ class JKOBlock(Flow):
         # Integrate in normalised time s in [0, 1]: dx/ds = f(x, s); |f|^2 dt = |f|^2 ds (with the
         # rescaled f), so the kinetic energy in flow time is the s-integral divided by (t1 - t0).
         def func(xs: Tensor, s: float) -> tuple[Tensor, tuple[Tensor, ...]]:
-            v, div = self.velocity.forward_with_trace(xs, s, probes)
-            if kinetic:
-                return v, (div, v.square().sum(-1))
-            return v, (div,)
+            if trace:
+                v, div = self.velocity.forward_with_trace(xs, s, probes)
+                rates = (div,)
+            else:
+                v, rates = self.velocity(xs, s), ()
+            return v, (*rates, v.square().sum(-1)) if kinetic else rates
 
         s0, s1 = (1.0, 0.0) if reverse else (0.0, 1.0)
-        z, integrals = integrate(func, x, s0, s1, self.steps, SOLVERS[self.solver], 1 + int(kinetic))
+        n = int(trace) + int(kinetic)
+        z, integrals = integrate(func, x, s0, s1, self.steps, SOLVERS[self.solver], n)
         if kinetic:
-            integrals[1] = integrals[1] * scale
+            integrals[-1] = integrals[-1] * scale
         return z, integrals
 
-    def transport(self, x: Tensor) -> Transport:
-        """Data -> latent pass with the per-sample terms of the JKO loss, in one integration."""
+    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+        """Data -> latent pass with the per-sample terms of the JKO loss, in one integration.
+
+        ``log_det=False`` skips the divergence (``Transport.log_det`` is ``None``): the points,
+        displacement and kinetic energy then cost one velocity pass per stage instead of ``d + 1``
+        for the exact trace."""
         check_batch(x, self.dim)
-        z, (log_det, kinetic) = self._integrate(x, reverse=False, kinetic=True)
-        return Transport(z, log_det, (z - x).square().sum(-1), kinetic)
+        z, integrals = self._integrate(x, reverse=False, kinetic=True, trace=log_det)
+        return Transport(z, integrals[0] if log_det else None, (z - x).square().sum(-1), integrals[-1])
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``, shapes ``(batch, d)`` and ``(batch,)``."""

@@ -169,8 +169,9 @@ def _calibrate(config: RunConfig, x: Tensor, x_val: Tensor) -> tuple[float, floa
     step.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
-        for chunk in x.split(8192):
-            step.inverse(chunk)
+        for chunk in x.split(8192):  # as JKOTrainer._push: points, then log-dets of a subset
+            step.transport(chunk, log_det=False)
+        step.inverse(x[:2000])
         val = x_val[:2000]
         z, _ = step.inverse(val)
         step.forward(z)

@@ -62,8 +62,10 @@ class JKOStep(Flow):
             log_det = log_det + ld
         return x, log_det
 
-    def transport(self, x: Tensor) -> Transport:
-        """Data -> latent pass with the per-sample JKO loss terms (no kinetic energy)."""
+    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+        """Data -> latent pass with the per-sample JKO loss terms (no kinetic energy). The
+        log-determinant comes with the pass at no extra cost, so ``log_det`` is accepted and
+        ignored (``JKOBlock.transport``'s signature)."""
         z, log_det = self.inverse(x)
         return Transport(z, log_det, (z - x).square().sum(-1), None)
 
