@@ -4,7 +4,7 @@ from .block import JKOBlock, Transport
 from .checkpoint import CheckpointError
 from .datasets import GaussianMixture, load_dataset, load_maf, load_samples
 from .distributed import DistributedError
-from .flows import jko_steps, make_flow, make_spline_step
+from .flows import jko_steps, make_flow, make_spline_step, solver_steps
 from .history import BlockRecord, TrainingHistory
 from .metrics import (
     SinkhornResult,
@@ -48,6 +48,7 @@ __all__ = [
     "bits_per_dim",
     "inversion_error",
     "jko_steps",
+    "solver_steps",
     "load_dataset",
     "load_maf",
     "load_samples",

@@ -2,7 +2,8 @@ r"""Ready-made JKO flows: a stack of ODE blocks or of spline steps on a standard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import normflows as nf
 import torch
@@ -11,7 +12,7 @@ from normflows.flows import Flow
 from .block import JKOBlock
 from .step import JKOStep
 
-__all__ = ["BLOCK_KINDS", "make_flow", "make_spline_step", "jko_steps"]
+__all__ = ["BLOCK_KINDS", "make_flow", "make_spline_step", "jko_steps", "solver_steps"]
 
 BLOCK_KINDS = ("ode", "spline")
 
@@ -97,3 +98,29 @@ def make_flow(
 def jko_steps(flow: nf.NormalizingFlow) -> list[JKOBlock | JKOStep]:
     """The JKO steps of ``flow`` in training order (data side first, i.e. ``flows[-1]`` first)."""
     return [f for f in reversed(flow.flows) if isinstance(f, (JKOBlock, JKOStep))]
+
+
+@contextmanager
+def solver_steps(flow: nf.NormalizingFlow, steps: int) -> Iterator[nf.NormalizingFlow]:
+    """Integrate every ``JKOBlock`` of ``flow`` with ``steps`` solver steps inside the block.
+
+    A block's log-determinant is the divergence integrated along the solver's trajectory: exact
+    for the ODE, approximate for the few-step map the block was trained with. Once training has
+    sharpened the velocity, that gap shows (a two-moons density integrating to 1.02 over the
+    plane with 2 RK4 steps per block, to 1.0000 with 8); a finer solver evaluates the ODE's own,
+    normalised density::
+
+        with solver_steps(flow, 8):
+            nll = -flow.log_prob(x_test).mean()
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    blocks = [f for f in flow.flows if isinstance(f, JKOBlock)]
+    saved = [b.steps for b in blocks]
+    for b in blocks:
+        b.steps = steps
+    try:
+        yield flow
+    finally:
+        for b, n in zip(blocks, saved):
+            b.steps = n

@@ -175,6 +175,7 @@ def test_ode_jko_trains_with_hutchinson_from_dimension_four():
     assert cmp._jko_config("jko", 4, 0).trace == "hutchinson"
     (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert rec["details"]["trace"] == "hutchinson"
+    assert rec["details"]["nll_solver"] == "8 x 6 x rk4"  # the ODE's density, not the 2-step map's
     # Evaluation is exact whatever the training estimator: the NLL is finite and reproducible.
     (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
