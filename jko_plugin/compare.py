@@ -48,10 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from .datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
-from .flows import make_flow, solver_steps
 from .metrics import mmd, nll, wasserstein2
-from .trainer import JKOTrainer
-from .workflows import RunConfig, default_config
+from .trainer import JKOTrainer, TrainerOptions
+from .workflows import NLL_SOLVER_STEPS, RunConfig, build_flow, default_config, ode_density
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -73,9 +72,6 @@ NUM_SAMPLES = 10_000
 FM_SAMPLE_STEPS, FM_SAMPLE_SOLVER = 12, "rk4"
 #: Solver of flow-matching likelihoods (exact divergence).
 FM_NLL_STEPS = 64
-#: RK4 steps per ODE JKO block when scoring its test NLL (trained and sampled with fewer): the
-#: density of the ODE itself, as for flow matching (``jko_plugin.flows.solver_steps``).
-JKO_NLL_STEPS = 8
 #: Learning rate of the peers (Adam, cosine decay over the budget).
 PEER_LR = 1e-3
 BATCH_SIZE = 512
@@ -116,20 +112,20 @@ def _jko_config(method: str, dim: int, seed: int) -> RunConfig:
     return default_config("spline", seed=seed)
 
 
-def _build_jko(config: RunConfig, dim: int, num_blocks: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if config.block == "ode":
-            return make_flow(
-                dim, num_blocks, block="ode", hidden=config.hidden, steps=config.steps, trace=config.trace
-            )
-        return make_flow(
-            dim,
-            num_blocks,
-            block="spline",
-            spline_layers=config.spline_layers,
-            spline_hidden=config.spline_hidden,
-        )
+class _LogProb(nn.Module):
+    """``model`` (its parameters counted) with the ``log_prob`` that ``metrics.nll`` should score."""
+
+    def __init__(self, model: nn.Module, log_prob: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model, self._log_prob = model, log_prob
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self._log_prob(x)
+
+
+def _ode_log_prob(flow: nn.Module, x: Tensor) -> Tensor:
+    with ode_density(flow):
+        return flow.log_prob(x)
 
 
 def _trainer(
@@ -153,7 +149,7 @@ def _calibrate(config: RunConfig, x: Tensor, x_val: Tensor) -> tuple[float, floa
     estimate. Timing the parts apart keeps the per-iteration cost from drowning in the overhead."""
     from .history import knn_entropy
 
-    flow = _build_jko(config, x.shape[1], 1)
+    flow = build_flow(config, x.shape[1], 1)
     step = flow.flows[0]
     h = config.step_sizes[0]
     opt = torch.optim.Adam(step.parameters(), lr=config.lr)
@@ -170,18 +166,19 @@ def _calibrate(config: RunConfig, x: Tensor, x_val: Tensor) -> tuple[float, floa
         times.append(time.perf_counter() - t0)
     per_iter = sorted(times[2:])[len(times[2:]) // 2]  # median after two warm-up iterations
     step.eval()
+    opts = TrainerOptions()  # the chunk and evaluation sizes _trainer's JKOTrainer uses
     t0 = time.perf_counter()
     with torch.no_grad():
-        for chunk in x.split(8192):  # as JKOTrainer._push: points, then log-dets of a subset
+        for chunk in x.split(opts.chunk_size):  # as JKOTrainer._push: points, then log-dets of a subset
             step.transport(chunk, log_det=False)
-        step.inverse(x[:2000])
-        val = x_val[:2000]
+        step.inverse(x[: opts.eval_size])
+        val = x_val[: opts.eval_size]
         z, _ = step.inverse(val)
         step.forward(z)
         step.inverse(val)
     per_block = time.perf_counter() - t0
     t0 = time.perf_counter()
-    knn_entropy(x_val[:2000])
+    knn_entropy(val)
     return per_iter, per_block, time.perf_counter() - t0
 
 
@@ -221,7 +218,7 @@ def _train_jko(
     from .adapters.normflows_baselines import sample_flow
 
     config = _jko_config(method, x.shape[1], seed)
-    flow = _build_jko(config, x.shape[1], config.num_blocks)
+    flow = build_flow(config, x.shape[1])
     details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
     if config.block == "ode":
         details["trace"] = config.trace
@@ -253,18 +250,9 @@ def _train_jko(
     details.update(iterations_per_block=per_block, block_nll=[b.nll for b in history.blocks])
     model: nn.Module = flow
     if config.block == "ode":
-        details["nll_solver"] = f"{JKO_NLL_STEPS} x {config.num_blocks} x rk4"
-
-        class _Likelihood(nn.Module):  # metrics.nll calls log_prob(x)
-            def __init__(self) -> None:
-                super().__init__()
-                self.flow = flow
-
-            def log_prob(self, xb: Tensor) -> Tensor:
-                with solver_steps(flow, JKO_NLL_STEPS):
-                    return flow.log_prob(xb)
-
-        model = _Likelihood()
+        # Scored with the ODE's own density, as flow matching is (trained and sampled with fewer steps).
+        details["nll_solver"] = f"{NLL_SOLVER_STEPS} x {config.num_blocks} x rk4"
+        model = _LogProb(flow, lambda xb: _ode_log_prob(flow, xb))
     return MethodResult(
         model, lambda n, gen: sample_flow(flow, n, generator=gen), seconds, sum(per_block), nfe, details
     )
@@ -293,16 +281,8 @@ def _train_fm(
     def sample(n: int, gen: torch.Generator) -> Tensor:
         return model.sample(n, steps=FM_SAMPLE_STEPS, solver=FM_SAMPLE_SOLVER, generator=gen)
 
-    class _Likelihood(nn.Module):  # metrics.nll calls log_prob(x)
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def log_prob(self, xb: Tensor) -> Tensor:
-            return model.log_prob(xb, steps=FM_NLL_STEPS, solver="rk4")
-
     return MethodResult(
-        _Likelihood(),
+        _LogProb(model, lambda xb: model.log_prob(xb, steps=FM_NLL_STEPS, solver="rk4")),
         sample,
         history.seconds,
         history.steps,

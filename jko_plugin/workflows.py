@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from .trainer import JKOTrainer
 
 __all__ = [
     "RunConfig",
+    "build_flow",
     "default_config",
+    "ode_density",
     "train_flow",
     "evaluate",
     "plot_samples",
@@ -78,6 +81,32 @@ def default_config(block: str = "spline", **overrides: object) -> RunConfig:
     return RunConfig(**base)
 
 
+def build_flow(config: RunConfig, dim: int, num_blocks: int | None = None) -> nf.NormalizingFlow:
+    """The untrained flow of ``config`` in dimension ``dim`` (``num_blocks`` overrides the
+    config's), its weights drawn from ``config.seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return make_flow(
+            dim,
+            config.num_blocks if num_blocks is None else num_blocks,
+            block=config.block,
+            **(
+                dict(hidden=config.hidden, steps=config.steps, trace=config.trace)
+                if config.block == "ode"
+                else dict(spline_layers=config.spline_layers, spline_hidden=config.spline_hidden)
+            ),
+        )
+
+
+@contextmanager
+def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
+    """Score ODE blocks with the ODE's own density: at least ``NLL_SOLVER_STEPS`` RK4 steps per
+    block (``solver_steps``); spline steps are exact maps and unaffected."""
+    steps = max([NLL_SOLVER_STEPS] + [f.steps for f in flow.flows if isinstance(f, JKOBlock)])
+    with solver_steps(flow, steps):
+        yield flow
+
+
 def train_flow(
     x_train: Tensor,
     x_test: Tensor | None,
@@ -88,18 +117,7 @@ def train_flow(
     progress: bool = True,
 ) -> tuple[nf.NormalizingFlow, TrainingHistory, float]:
     """Build the flow of ``config`` and train it block-wise; return ``(flow, history, seconds)``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        flow = make_flow(
-            x_train.shape[1],
-            config.num_blocks,
-            block=config.block,
-            **(
-                dict(hidden=config.hidden, steps=config.steps, trace=config.trace)
-                if config.block == "ode"
-                else dict(spline_layers=config.spline_layers, spline_hidden=config.spline_hidden)
-            ),
-        )
+    flow = build_flow(config, x_train.shape[1])
     trainer = JKOTrainer(
         flow,
         config.step_sizes,
@@ -128,9 +146,7 @@ def evaluate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         samples, _ = flow.sample(n)
-    # ODE blocks: the ODE's own density, with at least NLL_SOLVER_STEPS RK4 steps per block.
-    steps = max([NLL_SOLVER_STEPS] + [f.steps for f in flow.flows if isinstance(f, JKOBlock)])
-    with solver_steps(flow, steps):
+    with ode_density(flow):
         test_nll = nll(flow, x_test)
     return {
         "test_nll": test_nll,
