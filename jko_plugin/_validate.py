@@ -1,0 +1,102 @@
+r"""The package's one set of argument checks: each raises ``ValueError`` naming the parameter and the value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["as_points", "check_batch", "choice", "positive", "positive_int"]
+
+
+def positive(name: str, value: object, *, below: float | None = None) -> float:
+    """``value`` as a finite float > 0 (and < ``below`` if given).
+
+    >>> positive("lr", 3e-3)
+    0.003
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not (math.isfinite(float(value)) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be below {below}, got {value!r}")
+    return float(value)
+
+
+def positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` as an ``int >= minimum`` (booleans refused).
+
+    >>> positive_int("steps", 4)
+    4
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def choice(name: str, value: object, choices: Collection) -> object:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them.
+
+    >>> choice("solver", "rk4", ("euler", "rk4"))
+    'rk4'
+    """
+    try:
+        known = value in choices
+    except TypeError:  # an unhashable value against a dict or set
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_batch(x: Tensor, dim: int, name: str = "x") -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite tensor of shape ``(batch, dim)``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, {dim}), got shape {tuple(x.shape)}")
+    if x.shape[1] != dim:
+        raise ValueError(f"{name} has trailing dimension {x.shape[1]}, the flow expects {dim}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise ValueError(f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows")
+
+
+def as_points(
+    x: object,
+    name: str = "x",
+    *,
+    dim: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Points ``(n, d)`` from a tensor or array: 2-D, non-empty, finite, floating (detached).
+
+    Integer input becomes float64 (or ``dtype``); ``dtype`` converts the result.
+
+    >>> as_points(np.zeros((3, 2))).shape
+    torch.Size([3, 2])
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.dim() != 2:
+        want = f"(n, {dim})" if dim is not None else "(n, d)"
+        raise ValueError(f"{name} must be 2-D {want}, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {x.shape[1]}, the model's is {dim}")
+    x = x.detach()
+    if not x.is_floating_point():
+        x = x.to(dtype or torch.float64)
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bad.any():
+        raise ValueError(f"{name} contains NaN or inf in {int(bad.sum())} of {x.shape[0]} rows")
+    return x if dtype is None else x.to(dtype)
