@@ -4,9 +4,19 @@ Flow-matching peers of our own, normflows baselines, and an evaluator for extern
 models (torchcfm, Meta's flow_matching), which stay optional.
 """
 
-from .external import ExternalVelocity, nfe, ode_log_prob, sample_ode
-from .flow_matching import FlowMatchingModel, TrainingBudget, fit_flow_matching, sample_with_scheduler
-from .normflows_baselines import fit_maximum_likelihood, make_nsf, make_realnvp, sample_flow
+from jko_plugin.adapters.external import ExternalVelocity
+from jko_plugin.adapters.flow_matching import (
+    FlowMatchingModel,
+    TrainingBudget,
+    fit_flow_matching,
+    sample_with_scheduler,
+)
+from jko_plugin.adapters.normflows_baselines import (
+    fit_maximum_likelihood,
+    make_nsf,
+    make_realnvp,
+    sample_flow,
+)
 
 __all__ = [
     "ExternalVelocity",
@@ -16,9 +26,6 @@ __all__ = [
     "fit_maximum_likelihood",
     "make_nsf",
     "make_realnvp",
-    "nfe",
-    "ode_log_prob",
     "sample_flow",
-    "sample_ode",
     "sample_with_scheduler",
 ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._ops import check_choice
+from jko_plugin._validate import choice, positive, positive_int
 
 __all__ = ["LR_SCHEDULES", "FitHistory", "TrainingBudget", "fit_budgeted", "lr_factor"]
 
@@ -31,10 +31,10 @@ class TrainingBudget:
     def __post_init__(self) -> None:
         if self.steps is None and self.seconds is None:
             raise ValueError("give a training budget: steps or seconds (or both), got neither")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
+        if self.steps is not None:
+            positive_int("steps", self.steps)
+        if self.seconds is not None:
+            positive("seconds", self.seconds)
 
     def progress(self, step: int, elapsed: float) -> float:
         parts = []
@@ -81,7 +81,7 @@ def fit_budgeted(
     """Minimise ``batch_loss()`` (a fresh minibatch each call) over ``model``'s parameters with Adam
     until ``budget`` is spent. A step whose loss is not finite is counted but not applied.
     Leaves ``model`` in eval mode."""
-    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = FitHistory()
     model.train()

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from jko_plugin.adapters.budget import LR_SCHEDULES, FitHistory, TrainingBudget, fit_budgeted, lr_factor
 from torch import Tensor, nn
 
-from .._ops import check_choice
-from ..velocity import VelocityMLP
-from .budget import LR_SCHEDULES, FitHistory, TrainingBudget, fit_budgeted, lr_factor
-from .external import ode_log_prob, sample_ode
+from jko_plugin._validate import choice, positive_int
+from jko_plugin.sampling.ode import ode_log_prob, sample_ode
+from jko_plugin.steps.velocity import VelocityMLP
 
 __all__ = [
     "COUPLINGS",
@@ -96,9 +96,8 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
     ) -> None:
         super().__init__()
-        check_choice("path", path, PATHS)
-        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}")
+        choice("path", path, PATHS)
+        positive_int("num_train_timesteps", num_train_timesteps)
         self.net = VelocityMLP(dim, tuple(hidden), activation=activation, time_dependent=True)
         self.dim = dim
         self.path = path
@@ -186,13 +185,12 @@ def fit_flow_matching(
     Returns:
         ``FitHistory``.
     """
-    check_choice("coupling", coupling, COUPLINGS)
-    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    choice("coupling", coupling, COUPLINGS)
+    choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     budget = TrainingBudget(steps, budget_seconds)
     if x.dim() != 2 or x.shape[1] != model.dim:
         raise ValueError(f"x must have shape (n, {model.dim}), got {tuple(x.shape)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if coupling == "ot":
         ot_pairing(x[:2], x[:2])  # raises ImportError now, not after the first step, without POT
     p = next(model.parameters())

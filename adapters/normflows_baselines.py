@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import normflows as nf
 import torch
+from jko_plugin.adapters.budget import FitHistory, TrainingBudget, fit_budgeted
 from torch import Tensor
 
-from .._ops import check_choice
-from .budget import FitHistory, TrainingBudget, fit_budgeted
+from jko_plugin._validate import choice, positive_int
 
 __all__ = ["BASELINES", "fit_maximum_likelihood", "make_baseline", "make_nsf", "make_realnvp", "sample_flow"]
-
-
-def _check_dim(dim: int) -> None:
-    if not isinstance(dim, int) or dim < 2:
-        raise ValueError(f"dim must be an integer >= 2 for coupling/autoregressive flows, got {dim!r}")
-
-
-def _check_pos(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def make_realnvp(
@@ -34,9 +24,9 @@ def make_realnvp(
 
     The MLPs start at zero (``init_zeros=True``), so the untrained flow is the identity.
     """
-    _check_dim(dim)
+    positive_int("dim", dim, minimum=2)  # coupling/autoregressive flows
     for name, v in (("num_layers", num_layers), ("hidden", hidden), ("hidden_layers", hidden_layers)):
-        _check_pos(name, v)
+        positive_int(name, v)
     # AffineCouplingBlock splits by chunk(2): the conditioning half has ceil(d/2) channels.
     d_in, d_out = (dim + 1) // 2, dim // 2
     flows = []
@@ -59,14 +49,14 @@ def make_nsf(
     (``AutoregressiveRationalQuadraticSpline``, ``LULinearPermute``), identity at initialisation.
     Outside ``[-tail_bound, tail_bound]`` the splines are linear: standardise the data first.
     """
-    _check_dim(dim)
+    positive_int("dim", dim, minimum=2)  # coupling/autoregressive flows
     for name, v in (
         ("num_layers", num_layers),
         ("hidden", hidden),
         ("hidden_layers", hidden_layers),
         ("num_bins", num_bins),
     ):
-        _check_pos(name, v)
+        positive_int(name, v)
     flows = []
     for _ in range(num_layers):
         flows += [
@@ -84,7 +74,7 @@ BASELINES = {"realnvp": make_realnvp, "nsf": make_nsf}
 
 def make_baseline(name: str, dim: int, **options: int | float) -> nf.NormalizingFlow:
     """``BASELINES[name](dim, **options)`` with a ``ValueError`` listing the choices."""
-    return BASELINES[check_choice("name", name, BASELINES)](dim, **options)
+    return BASELINES[choice("name", name, BASELINES)](dim, **options)
 
 
 def fit_maximum_likelihood(
@@ -117,8 +107,7 @@ def fit_maximum_likelihood(
         ``FitHistory``. Steps whose loss is not finite are skipped (counted, not applied).
     """
     budget = TrainingBudget(steps, budget_seconds)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if x.dim() != 2:
         raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
     p = next(flow.parameters())

@@ -29,8 +29,8 @@ import torch.multiprocessing as mp
 
 from jko_plugin import make_flow
 from jko_plugin.datasets import two_moons
-from jko_plugin.distributed import LossTerms, wrap_ddp
-from jko_plugin.trainer import JKOTrainer
+from jko_plugin.training.distributed import LossTerms, wrap_ddp
+from jko_plugin.training.trainer import JKOTrainer
 
 HS = [0.5, 0.7]
 BATCH = 512
@@ -40,7 +40,7 @@ def timed_fit(iters: int, seed: int) -> list[float]:
     """Train 2 blocks; return the training-loop seconds of each block."""
     x = torch.as_tensor(two_moons(20000, seed=0, noise=0.05, standardize=True)).float()
     torch.manual_seed(0)
-    flow = make_flow(2, len(HS), hidden=(64, 64), steps=2)
+    flow = make_flow(2, len(HS), block="ode", hidden=(64, 64), steps=2)
     trainer = JKOTrainer(
         flow, HS, iterations=iters, batch_size=BATCH, progress=False, seed=seed, eval_size=500
     )
@@ -61,12 +61,12 @@ def timed_fit(iters: int, seed: int) -> list[float]:
 
 def comm_share(iters: int) -> dict:
     """Median step times with and without communication (2 ranks, after ``fit`` made the group)."""
-    from jko_plugin.distributed import DistributedContext
+    from jko_plugin.training.distributed import DistributedContext
 
     ctx = DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), backend="gloo")
     x = torch.as_tensor(two_moons(20000, seed=ctx.rank, noise=0.05, standardize=True)).float()
     torch.manual_seed(0)
-    step = make_flow(2, 1, hidden=(64, 64), steps=2).flows[0]
+    step = make_flow(2, 1, block="ode", hidden=(64, 64), steps=2).flows[0]
     trainer = JKOTrainer([step], [0.5], progress=False)
     ddp = wrap_ddp(LossTerms(step, lambda s, out: trainer._loss_terms(s, out, 0.5)), ctx, torch.device("cpu"))
     opt = torch.optim.Adam(step.parameters(), lr=1e-3)
@@ -174,7 +174,7 @@ def main() -> None:
         "machine": f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}",
         "gpu": "none: no GPU machine was lent to this task, so no NCCL figures",
         "config": {
-            "model": "make_flow(2, 2, hidden=(64, 64), steps=2), float32",
+            "model": "make_flow(2, 2, block="ode", hidden=(64, 64), steps=2), float32",
             "data": "two_moons(20000), standardised",
             "global_batch": BATCH,
             "iterations_per_block": args.iters,

@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from jko_plugin import JKOTrainer, make_flow  # noqa: E402
-from jko_plugin.pipeline import JKOFlowPipeline  # noqa: E402
-from jko_plugin.scheduler import JKOScheduler  # noqa: E402
+from jko_plugin.sampling.pipeline import JKOFlowPipeline  # noqa: E402
+from jko_plugin.sampling.scheduler import JKOScheduler  # noqa: E402
 
 
 def two_moons(n: int, seed: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def main() -> None:
 
     # 1. The proximal step schedule (a diffusers scheduler) and a flow of ODE blocks, trained block-wise.
     scheduler = JKOScheduler(num_blocks=args.blocks, h0=0.5, growth=1.4, steps_per_block=2)
-    flow = make_flow(2, args.blocks, hidden=(64, 64), steps=2)
+    flow = make_flow(2, args.blocks, block="ode", hidden=(64, 64), steps=2)
     start = time.perf_counter()
     trainer = JKOTrainer(flow, scheduler, iterations=args.iterations, batch_size=512, lr=3e-3, progress=False)
     history = trainer.fit(x)

@@ -1,14 +1,25 @@
-r"""Private numerics shared by the blocks: activations with derivatives, explicit Runge-Kutta."""
+r"""Private numerics of the steps and samplers: activations with derivatives, explicit Runge-Kutta."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "SOLVERS", "Activation", "ButcherTableau", "integrate", "check_choice"]
+from ._validate import choice, positive_int
+
+__all__ = [
+    "ACTIVATIONS",
+    "SOLVERS",
+    "Activation",
+    "ButcherTableau",
+    "integrate",
+    "solver_nfe",
+    "standard_normal_log_prob",
+]
 
 
 @dataclass(frozen=True)
@@ -70,11 +81,14 @@ SOLVERS: dict[str, ButcherTableau] = {
 }
 
 
-def check_choice(name: str, value: str, choices: dict | set | tuple) -> str:
-    """Raise ``ValueError`` naming the parameter, the value and the choices if ``value`` is unknown."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return value
+def solver_nfe(steps: int, solver: str) -> int:
+    """Velocity evaluations per sample for ``steps`` fixed steps of ``solver`` (RK4: 4 per step)."""
+    return positive_int("steps", steps) * len(SOLVERS[choice("solver", solver, SOLVERS)].b)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` per row, shape ``(batch,)``."""
+    return -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
 # A derivative function returns the state's rate and the rates of the scalar integrals

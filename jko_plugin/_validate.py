@@ -1,4 +1,4 @@
-r"""The package's one set of argument checks: each raises ``ValueError`` naming the parameter and the value."""
+r"""The package's one set of argument checks; each raises ``ValueError`` naming parameter and value."""
 
 from __future__ import annotations
 

@@ -9,16 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .steps.kinds import DEFAULT_STEP_KIND, STEP_KINDS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
+    kinds = "; ".join(f"{k.name}: {k.summary}" for k in STEP_KINDS.values())
     p.add_argument(
         "--block",
-        choices=["ode", "spline"],
-        default="spline",
-        help="kind of JKO step: spline (JKOSteps of spline layers, default) or ode (JKOBlocks)",
+        choices=sorted(STEP_KINDS),
+        default=DEFAULT_STEP_KIND,
+        help=f"kind of JKO step (default {DEFAULT_STEP_KIND}) - {kinds}",
     )
     p.add_argument("--blocks", type=int, default=None, help="number of JKO steps")
     p.add_argument("--iterations", type=int, default=None, help="gradient steps per block")
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
 
-    from .compare import add_arguments
+    from .compare.cli import add_arguments
 
     add_arguments(
         sub.add_parser("compare", help="train JKO flows and their peers side by side; table, JSON, figure")
@@ -125,7 +127,7 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .pipeline import JKOFlowPipeline
+    from .sampling.pipeline import JKOFlowPipeline
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
@@ -151,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jko-flow``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .compare import run as _compare
+    from .compare.cli import run as _compare
 
     commands = {"demo": _demo, "train": _train, "sample": _sample, "compare": _compare}
     if args.command not in commands:

@@ -5,97 +5,138 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import normflows as nf
 import torch
 from torch import Tensor
 
-from ._ops import check_choice
-from .block import TRACE_ESTIMATORS, JKOBlock
-from .distributed import is_main_process
-from .flows import BLOCK_KINDS, jko_steps, make_flow, solver_steps
-from .history import TrainingHistory
-from .trainer import JKOTrainer
+from ._validate import choice
+from .plotting import plot_samples
+from .sampling.scheduler import JKOScheduler
+from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
+from .steps.block import TRACE_ESTIMATORS, JKOBlock
+from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow, solver_steps
+from .training.distributed import is_main_process
+from .training.history import TrainingHistory
+from .training.trainer import JKOTrainer
 
 __all__ = [
+    "NLL_SOLVER_STEPS",
     "RunConfig",
+    "TrainedRun",
     "build_flow",
     "default_config",
-    "ode_density",
-    "train_flow",
     "evaluate",
-    "plot_samples",
-    "run_training",
+    "make_trainer",
+    "ode_density",
     "run_demo",
+    "run_training",
+    "train_flow",
 ]
 
 
 #: RK4 steps per ODE block (at least) when ``evaluate`` scores the test NLL.
 NLL_SOLVER_STEPS = 8
+#: Fallbacks of the settings a step kind does not tune (``StepKind.run_defaults``).
+_RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Model and training settings of ``jko-flow demo`` / ``jko-flow train``.
 
-    Step sizes are geometric: ``h_k = h0 * growth**(k-1)``, ``k = 1..num_blocks``.
+    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations`` and ``lr`` left
+    at ``None`` take that kind's tuned values (``StepKind.run_defaults``). The fields a kind reads
+    are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``; spline steps:
+    ``spline_layers``, ``spline_hidden``). Step sizes are geometric, ``h_k = h0 * growth**(k-1)``.
+
+    Example:
+        >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
+        ('spline', 4, 6)
     """
 
-    block: str = "ode"
-    num_blocks: int = 6
+    block: str = DEFAULT_STEP_KIND
+    num_blocks: int | None = None
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 2
     trace: str = "auto"
     spline_layers: int = 2
     spline_hidden: int = 64
-    iterations: int = 300
+    iterations: int | None = None
     batch_size: int = 512
-    lr: float = 3e-3
-    h0: float = 0.5
-    growth: float = 1.4
+    lr: float | None = None
+    h0: float = GEOMETRIC_H0
+    growth: float = GEOMETRIC_GROWTH
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.block not in BLOCK_KINDS:
-            raise ValueError(f"block must be one of {list(BLOCK_KINDS)}, got {self.block!r}")
-        check_choice("trace", self.trace, TRACE_ESTIMATORS)
-        if self.h0 <= 0 or self.growth <= 0:
-            raise ValueError(f"h0 and growth must be positive, got h0={self.h0!r}, growth={self.growth!r}")
+        kind = get_step_kind(self.block)
+        choice("trace", self.trace, TRACE_ESTIMATORS)
+        for name, fallback in _RUN_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        self.schedule  # noqa: B018 - validates num_blocks, h0 and growth
+
+    @property
+    def schedule(self) -> StepSchedule:
+        """The geometric ``StepSchedule`` of ``num_blocks`` steps."""
+        return StepSchedule.geometric(self.num_blocks, h0=self.h0, growth=self.growth)
 
     @property
     def step_sizes(self) -> list[float]:
-        return [self.h0 * self.growth**k for k in range(self.num_blocks)]
+        """``schedule.step_sizes`` as a list."""
+        return list(self.schedule.step_sizes)
+
+    def step_options(self) -> dict:
+        """The options of this kind's step builder, from the fields the kind reads."""
+        kind = get_step_kind(self.block)
+        return {option: getattr(self, name) for name, option in kind.run_options.items()}
+
+    def scheduler(self, schedule: StepSchedule | None = None) -> JKOScheduler:
+        """The ``JKOScheduler`` that samples this run's flow: geometric from the config, or on
+        ``schedule`` (what the trainer ended with) when that differs; ODE blocks are sampled with
+        their own RK4 steps."""
+        per_block = {"steps_per_block": self.steps} if self.block == "ode" else {}
+        if schedule is None or schedule == self.schedule:
+            return JKOScheduler(num_blocks=self.num_blocks, h0=self.h0, growth=self.growth, **per_block)
+        return JKOScheduler.from_schedule(schedule, **per_block)
 
 
-def default_config(block: str = "spline", **overrides: object) -> RunConfig:
-    """The demo's tuned settings for each kind of step (see BENCHMARKS.md)."""
-    if block == "spline":
-        base = dict(block="spline", num_blocks=4, iterations=600, lr=3e-3, h0=0.5, growth=1.4)
-    else:
-        base = dict(block="ode", num_blocks=6, iterations=300, steps=2, lr=3e-3, h0=0.5, growth=1.4)
-    base.update(overrides)
-    return RunConfig(**base)
+def default_config(block: str = DEFAULT_STEP_KIND, **overrides: object) -> RunConfig:
+    """The run settings tuned for the step kind ``block`` (see ``RunConfig``), with ``overrides``."""
+    return RunConfig(block=block, **overrides)
 
 
 def build_flow(config: RunConfig, dim: int, num_blocks: int | None = None) -> nf.NormalizingFlow:
     """The untrained flow of ``config`` in dimension ``dim`` (``num_blocks`` overrides the
     config's), its weights drawn from ``config.seed`` without touching the global RNG."""
+    n = config.num_blocks if num_blocks is None else num_blocks
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return make_flow(
-            dim,
-            config.num_blocks if num_blocks is None else num_blocks,
-            block=config.block,
-            **(
-                dict(hidden=config.hidden, steps=config.steps, trace=config.trace)
-                if config.block == "ode"
-                else dict(spline_layers=config.spline_layers, spline_hidden=config.spline_hidden)
-            ),
+            dim, n, block=config.block, schedule=config.schedule.step_sizes[:n], **config.step_options()
         )
+
+
+def make_trainer(
+    config: RunConfig, flow: nf.NormalizingFlow, num_points: int, **options: object
+) -> JKOTrainer:
+    """The ``JKOTrainer`` of ``config`` for ``flow`` on ``num_points`` training points (the batch is
+    capped there); ``options`` add or override trainer options."""
+    settings = dict(
+        iterations=config.iterations,
+        batch_size=min(config.batch_size, num_points),
+        lr=config.lr,
+        seed=config.seed,
+    )
+    settings.update(options)
+    return JKOTrainer(flow, config.scheduler(), **settings)
 
 
 @contextmanager
@@ -107,6 +148,16 @@ def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
         yield flow
 
 
+class TrainedRun(NamedTuple):
+    """What ``train_flow`` returns: the flow, its history, the training seconds and the scheduler
+    on the time axis the training ended with."""
+
+    flow: nf.NormalizingFlow
+    history: TrainingHistory
+    seconds: float
+    scheduler: JKOScheduler
+
+
 def train_flow(
     x_train: Tensor,
     x_test: Tensor | None,
@@ -115,21 +166,13 @@ def train_flow(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> tuple[nf.NormalizingFlow, TrainingHistory, float]:
-    """Build the flow of ``config`` and train it block-wise; return ``(flow, history, seconds)``."""
+) -> TrainedRun:
+    """Build the flow of ``config`` and train it block-wise."""
     flow = build_flow(config, x_train.shape[1])
-    trainer = JKOTrainer(
-        flow,
-        config.step_sizes,
-        iterations=config.iterations,
-        batch_size=min(config.batch_size, x_train.shape[0]),
-        lr=config.lr,
-        seed=config.seed,
-        progress=progress,
-    )
+    trainer = make_trainer(config, flow, x_train.shape[0], progress=progress)
     start = time.perf_counter()
     history = trainer.fit(x_train, x_test, checkpoint_dir=checkpoint_dir, resume=resume, overwrite=not resume)
-    return flow, history, time.perf_counter() - start
+    return TrainedRun(flow, history, time.perf_counter() - start, config.scheduler(trainer.schedule))
 
 
 @torch.no_grad()
@@ -157,31 +200,6 @@ def evaluate(
     }
 
 
-def plot_samples(path: str | Path, data: Tensor, samples: Tensor, pushed: Sequence[Tensor] = ()) -> None:
-    """Scatter plots of the data, the samples and the data after each block (first two coordinates)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("data", data), ("samples", samples)] + [
-        (f"after block {k}", p) for k, p in enumerate(pushed, 1)
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8), squeeze=False)
-    for ax, (title, pts) in zip(axes[0], panels):
-        pts = pts.detach().cpu()
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlim(-3.5, 3.5)
-        ax.set_ylim(-3.5, 3.5)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 @torch.no_grad()
 def _pushed(flow: nf.NormalizingFlow, x: Tensor) -> list[Tensor]:
     """The data after each JKO step (data side first)."""
@@ -206,11 +224,11 @@ def run_training(
 
     Under ``torchrun`` every rank trains its shard; rank 0 alone evaluates and writes, and the
     other ranks return ``{}``."""
-    from .pipeline import JKOFlowPipeline
+    from .sampling.pipeline import JKOFlowPipeline
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    flow, history, seconds = train_flow(
+    flow, history, seconds, scheduler = train_flow(
         x_train, x_test, config, checkpoint_dir=out / "checkpoint", resume=resume, progress=progress
     )
     if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
@@ -226,11 +244,11 @@ def run_training(
         "blocks": history.to_dict()["blocks"],
         "data_entropy_knn": history.to_dict()["data_entropy"],
     }
-    pipe = JKOFlowPipeline.from_normflows(flow, step_sizes=config.step_sizes[: len(history.blocks)])
+    pipe = JKOFlowPipeline.from_normflows(flow, scheduler=scheduler)
     pipe.save_pretrained(out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if x_test.shape[1] >= 2:
-        plot_samples(out / "samples.png", x_test, samples, _pushed(flow, x_test))
+        plot_samples(x_test, samples, _pushed(flow, x_test), path=out / "samples.png")
     return metrics
 
 

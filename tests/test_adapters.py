@@ -5,13 +5,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from jko_plugin.adapters.external import (
-    ExternalVelocity,
-    exact_divergence,
-    nfe,
-    ode_log_prob,
-    sample_ode,
-)
+from jko_plugin._ops import solver_nfe as nfe
+from jko_plugin.adapters.external import ExternalVelocity
+from jko_plugin.sampling.ode import exact_divergence, ode_log_prob, sample_ode
 from jko_plugin.adapters.flow_matching import (
     FlowMatchingModel,
     TrainingBudget,
@@ -194,7 +190,7 @@ def test_budget_in_seconds_stops_on_time():
 
 
 def test_sampling_through_diffusers_scheduler_and_pipeline(tmp_path):
-    from jko_plugin.pipeline import JKOFlowPipeline
+    from jko_plugin.sampling.pipeline import JKOFlowPipeline
 
     torch.manual_seed(0)
     model = FlowMatchingModel(2, hidden=(16, 16)).double()

@@ -155,7 +155,7 @@ def test_maf_benchmark_from_local_files(tmp_path):
 
 
 def test_diverged_model_is_recorded_not_dropped(monkeypatch):
-    import jko_plugin.compare as cmp
+    import jko_plugin.compare.runner as cmp
 
     def broken(model, x, **kw):
         raise ValueError("the model's log_prob is not finite on x (mean NLL nan)")
@@ -169,10 +169,8 @@ def test_diverged_model_is_recorded_not_dropped(monkeypatch):
 
 
 def test_ode_jko_trains_with_hutchinson_from_dimension_four():
-    import jko_plugin.compare as cmp
-
-    assert cmp._jko_config("jko", 3, 0).trace == "exact"
-    assert cmp._jko_config("jko", 4, 0).trace == "hutchinson"
+    assert METHODS["jko"].config(3, 0).trace == "exact"
+    assert METHODS["jko"].config(4, 0).trace == "hutchinson"
     (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert rec["details"]["trace"] == "hutchinson"
     assert rec["details"]["nll_solver"] == "8 x 6 x rk4"  # the ODE's density, not the 2-step map's

@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 from jko_plugin import make_flow
-from jko_plugin.distributed import DistributedContext, DistributedError, setup, shard
-from jko_plugin.trainer import JKOTrainer
+from jko_plugin.training.distributed import DistributedContext, DistributedError, setup, shard
+from jko_plugin.training.trainer import JKOTrainer
 
 from .flowcheck import moons as _moons
 
@@ -31,7 +31,7 @@ def moons(n, seed=0):
 
 def new_flow(init_seed):
     torch.manual_seed(init_seed)
-    return make_flow(2, 2, hidden=(16,), steps=1).double()
+    return make_flow(2, 2, block="ode", hidden=(16,), steps=1).double()
 
 
 class Stop(Exception):

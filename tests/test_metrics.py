@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from jko_plugin.block import JKOBlock
+from jko_plugin.steps.block import JKOBlock
 from jko_plugin.metrics import (
     BACKENDS,
     bits_per_dim,

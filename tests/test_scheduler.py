@@ -7,7 +7,8 @@ import torch
 
 from jko_plugin import JKOBlock
 from jko_plugin._ops import SOLVERS
-from jko_plugin.scheduler import BOUNDARY_EPS, JKOScheduler, JKOSchedulerOutput
+from jko_plugin.schedule import StepSchedule
+from jko_plugin.sampling.scheduler import BOUNDARY_EPS, JKOScheduler, JKOSchedulerOutput
 
 from .flowcheck import perturb
 
@@ -121,11 +122,12 @@ class TestJKOSchedulerContract(SchedulerContract):
 
 
 # -- the schedule --------------------------------------------------------------------------------
-def test_geometric_default_is_jko_iflow():
+def test_geometric_default_is_the_step_schedules():
     s = JKOScheduler()
     assert s.num_blocks == 8 and s.config.num_blocks == 8
+    assert s.schedule == StepSchedule.geometric(8)  # the one geometric rule and its one default
     for k, h in enumerate(s.step_sizes):
-        assert h == pytest.approx(0.25 * 1.4**k, rel=1e-15)
+        assert h == pytest.approx(0.5 * 1.4**k, rel=1e-15)
     assert s.boundaries[0] == 0.0
     for k in range(1, 9):
         assert s.boundaries[k] == pytest.approx(sum(s.step_sizes[:k]), rel=1e-14)

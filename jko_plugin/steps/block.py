@@ -3,55 +3,23 @@ r"""The continuous-time JKO residual block, a ``normflows`` Flow layer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from normflows.flows import Flow
 from torch import Tensor
 
-from ._ops import SOLVERS, check_choice, integrate
+from .._ops import SOLVERS, integrate
+from .._validate import check_batch, choice, positive_int
+from .base import ProximalStep, Transport, check_interval
 from .velocity import VelocityMLP
 
-__all__ = ["JKOBlock", "Transport", "TRACE_ESTIMATORS", "EXACT_TRACE_MAX_DIM", "check_batch"]
+__all__ = ["EXACT_TRACE_MAX_DIM", "TRACE_ESTIMATORS", "JKOBlock"]
 
 TRACE_ESTIMATORS = ("auto", "exact", "hutchinson")
 #: With ``trace="auto"``, dimensions up to this use the exact trace in training too.
 EXACT_TRACE_MAX_DIM = 32
 
 
-@dataclass
-class Transport:
-    """What one data -> noise pass of a JKO step yields per sample, all of shape ``(batch,)``
-    except ``z`` ``(batch, d)``.
-
-    Attributes:
-        z: The pushed points ``T(x)``.
-        log_det: ``log|det dT/dx|`` (``None`` from ``JKOBlock.transport(x, log_det=False)``).
-        sq_displacement: ``|T(x) - x|^2``.
-        kinetic_energy: ``integral |f(x_t, t)|^2 dt`` along the path, or ``None`` for steps that
-            are not ODE flows (``JKOStep``).
-    """
-
-    z: Tensor
-    log_det: Tensor | None
-    sq_displacement: Tensor
-    kinetic_energy: Tensor | None
-
-
-def check_batch(x: Tensor, dim: int, name: str = "x") -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite tensor of shape ``(batch, dim)``."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, {dim}), got shape {tuple(x.shape)}")
-    if x.shape[1] != dim:
-        raise ValueError(f"{name} has trailing dimension {x.shape[1]}, the flow expects {dim}")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise ValueError(f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows")
-
-
-class JKOBlock(Flow):
+class JKOBlock(ProximalStep):
     r"""One JKO step as the flow map of ``dx/dt = f_theta(x, t)`` over the time interval ``[t0, t1]``.
 
     Directions follow normflows: ``inverse(x)`` goes data -> latent by integrating forward in
@@ -84,6 +52,8 @@ class JKOBlock(Flow):
         torch.Size([5])
     """
 
+    block_type = "ode"
+
     def __init__(
         self,
         dim: int,
@@ -97,15 +67,12 @@ class JKOBlock(Flow):
         num_probes: int = 1,
         interval: tuple[float, float] = (0.0, 1.0),
     ) -> None:
-        super().__init__()
-        check_choice("solver", solver, SOLVERS)
-        check_choice("trace", trace, TRACE_ESTIMATORS)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not isinstance(num_probes, int) or num_probes < 1:
-            raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}")
+        super().__init__(dim, "ode")
+        choice("solver", solver, SOLVERS)
+        choice("trace", trace, TRACE_ESTIMATORS)
+        positive_int("steps", steps)
+        positive_int("num_probes", num_probes)
         self.velocity = VelocityMLP(dim, hidden, activation=activation, time_dependent=time_dependent)
-        self.dim = dim
         self.hidden = tuple(hidden)
         self.activation = activation
         self.time_dependent = time_dependent
@@ -114,8 +81,17 @@ class JKOBlock(Flow):
         self.trace = trace
         self.num_probes = num_probes
         # A buffer, so the interval travels with state_dict, .to() and checkpoints.
-        self.register_buffer("interval", torch.zeros(2))
+        # A float64 buffer whatever the module's dtype (see ``_apply``), so the interval travels
+        # with state_dict, .to() and checkpoints and agrees exactly with the float64 schedule.
+        self.register_buffer("interval", torch.zeros(2, dtype=torch.float64))
         self.set_interval(*interval)
+
+    def _apply(self, fn: object, recurse: bool = True) -> JKOBlock:
+        # .to(float32) / .half() would round the time axis: keep its float64 values, move its device.
+        exact = self._buffers["interval"].detach().cpu()
+        out = super()._apply(fn, recurse)
+        self._buffers["interval"] = exact.to(self._buffers["interval"].device)
+        return out
 
     # -- configuration ---------------------------------------------------------------------
     def config(self) -> dict:
@@ -133,21 +109,30 @@ class JKOBlock(Flow):
         }
 
     def set_interval(self, t0: float, t1: float) -> None:
-        """Place the block on ``[t0, t1]`` of the flow's time axis (``t1 > t0``)."""
-        if not (float(t1) > float(t0)):
-            raise ValueError(f"interval must satisfy t1 > t0, got ({t0}, {t1})")
+        """Place the block on ``[t0, t1]`` of the flow's time axis (``t1 > t0``); stored in the
+        ``interval`` buffer, in the module's dtype."""
+        t0, t1 = check_interval(t0, t1)
         with torch.no_grad():
-            self.interval.copy_(torch.tensor([float(t0), float(t1)], dtype=torch.float64))
+            self.interval.copy_(torch.tensor([t0, t1], dtype=torch.float64))
 
     @property
-    def duration(self) -> float:
-        """Length ``t1 - t0`` of the block's time interval."""
-        return float(self.interval[1] - self.interval[0])
+    def time_interval(self) -> tuple[float, float]:
+        """``(t0, t1)`` from the ``interval`` buffer."""
+        return float(self.interval[0]), float(self.interval[1])
+
+    @property
+    def nfe(self) -> int:
+        """Velocity evaluations per sample: ``steps`` times the solver's stages."""
+        return self.steps * len(SOLVERS[self.solver].b)
 
     def velocity_at(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``dx/dt`` at the flow time ``t`` (inside ``[t0, t1]``); ``x`` of shape ``(batch, d)``."""
-        t0, t1 = (float(v) for v in self.interval)
-        return self.velocity(x, (t - t0) / (t1 - t0)) / (t1 - t0)
+        t0, t1 = self.time_interval
+        s = (t - t0) / (t1 - t0)
+        if not isinstance(s, Tensor):
+            # A sampler's boundary stages sit a hair outside [t0, t1] (float32 intervals, BOUNDARY_EPS).
+            s = min(max(s, 0.0), 1.0)
+        return self.velocity(x, s) / (t1 - t0)
 
     def _use_exact_trace(self) -> bool:
         if not (self.training and torch.is_grad_enabled()):
@@ -205,13 +190,6 @@ class JKOBlock(Flow):
         check_batch(z, self.dim, "z")
         x, (log_det,) = self._integrate(z, reverse=True, kinetic=False)
         return x, log_det
-
-    @torch.no_grad()
-    def inversion_error(self, x: Tensor) -> float:
-        """Mean Euclidean distance ``|forward(inverse(x)) - x|`` over the batch."""
-        z, _ = self.inverse(x)
-        x_back, _ = self.forward(z)
-        return float((x_back - x).norm(dim=-1).mean())
 
     def extra_repr(self) -> str:
         return (

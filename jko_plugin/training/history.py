@@ -28,6 +28,7 @@ class BlockRecord:
         nll: Held-out negative log-likelihood in nats of the flow cut after this block.
         inversion_error: Mean ``|T^{-1}(T(x)) - x|`` on held-out data.
         seconds: Wall time to train the block (pushing the data forward included).
+        iterations: Training iterations the block took (0 in histories saved before this field).
     """
 
     index: int
@@ -42,6 +43,7 @@ class BlockRecord:
     nll: float
     inversion_error: float
     seconds: float
+    iterations: int = 0
 
 
 @dataclass

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._ops import ACTIVATIONS, check_choice
+from .._ops import ACTIVATIONS
+from .._validate import choice, positive_int
 
 __all__ = ["VelocityMLP"]
 
@@ -35,14 +36,13 @@ class VelocityMLP(nn.Module):
         time_dependent: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        positive_int("dim", dim)
         hidden = tuple(hidden)
         if len(hidden) == 0:
             raise ValueError("hidden must name at least one hidden layer width, got ()")
-        if any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden widths must be positive integers, got {hidden!r}")
-        self.act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+        for i, h in enumerate(hidden):
+            positive_int(f"hidden[{i}]", h)
+        self.act = ACTIVATIONS[choice("activation", activation, ACTIVATIONS)]
         self.dim = dim
         self.time_dependent = time_dependent
         widths = (dim + int(time_dependent), *hidden, dim)

@@ -2,9 +2,6 @@ r"""The proximal step schedule of a JKO flow as a diffusers scheduler (Scheduler
 
 from __future__ import annotations
 
-import bisect
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,20 +13,22 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from ._ops import SOLVERS, ButcherTableau, check_choice
+from .._ops import SOLVERS, ButcherTableau
+from .._validate import choice, positive, positive_int
+from ..schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
+from ..steps.base import BLOCK_TYPES
 
-__all__ = ["JKOScheduler", "JKOSchedulerOutput", "BLOCK_TYPES", "BOUNDARY_EPS", "DEFAULT_NUM_BLOCKS"]
+__all__ = ["BOUNDARY_EPS", "DEFAULT_NUM_BLOCKS", "JKOScheduler", "JKOSchedulerOutput"]
 
-#: ``"ode"``: a continuous-time block (``JKOBlock``), integrated with the solver;
-#: ``"map"``: a discrete step map (``JKOStep``), applied in one exact jump.
-BLOCK_TYPES = ("ode", "map")
 #: A solver stage that evaluates block k at its data-side end ``T_{k-1}`` is given the time
 #: ``T_{k-1} + BOUNDARY_EPS * h_k`` (see ``JKOScheduler``): ``T_{k-1}`` itself belongs to block k-1.
+#: Where a boundary carries a layer event, block stages keep ``BOUNDARY_EPS * h`` away from it.
 BOUNDARY_EPS = 1e-9
 #: Number of blocks of the geometric schedule when neither ``num_blocks`` nor ``step_sizes`` is given.
 DEFAULT_NUM_BLOCKS = 8
-_GEOMETRIC_DEFAULTS = {"h0": 0.25, "growth": 1.4}  # JKO-iFlow (Xu, Cheng, Xie 2023)
 _EULER = SOLVERS["euler"]
+#: A layer event's jump: the model returns the displacement ``x - L(x)``, the scheduler steps by -1.
+_LAYER_JUMP = -1.0
 
 
 @dataclass
@@ -52,33 +51,25 @@ class _Stage(NamedTuple):
     tableau: ButcherTableau
 
 
-def _positive(name: str, value: object, *, integer: bool = False) -> float:
-    """``value`` as a finite positive float (or int), else ``ValueError`` naming ``name``."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-    if not (math.isfinite(float(value)) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _boundaries(step_sizes: Sequence[float]) -> tuple[float, ...]:
-    """``(T_0 = 0, T_1, ..., T_N)`` with ``T_k = T_{k-1} + h_k`` (the model uses the same sums)."""
-    out = [0.0]
-    for h in step_sizes:
-        out.append(out[-1] + h)
-    return tuple(out)
+def _shift_off_events(t: float, k: int, bounds: tuple[float, ...], h: float, events: set[int]) -> float:
+    """Move a stage of block k (1-based) off its ends where the end belongs elsewhere."""
+    if t <= bounds[k - 1] and (k > 1 or 0 in events):
+        return bounds[k - 1] + BOUNDARY_EPS * h
+    if t >= bounds[k] and k in events:
+        return bounds[k] - BOUNDARY_EPS * h
+    return t
 
 
 class JKOScheduler(SchedulerMixin, ConfigMixin):
     r"""Time grid of a JKO flow's N proximal steps, and the reverse-time solver that samples it.
 
     Block k (k = 1 is the data side) performs the JKO step with step size ``h_k`` and occupies the
-    flow-time interval ``[T_{k-1}, T_k]``, ``T_k = h_1 + ... + h_k``. Sampling integrates
-    ``dx/dt = v(x, t)`` from ``T_N`` (noise) down to 0 (data), block by block.
+    flow-time interval ``[T_{k-1}, T_k]``, ``T_k = h_1 + ... + h_k`` (the ``StepSchedule`` in
+    ``schedule``, which owns that axis). Sampling integrates ``dx/dt = v(x, t)`` from ``T_N``
+    (noise) down to 0 (data), block by block.
 
     Step sizes are explicit (``step_sizes``) or geometric, ``h_k = min(h0 * growth^(k-1), h_max)``
-    (JKO-iFlow's default ``h0 = 0.25``, ``growth = 1.4``, 8 blocks).
+    (``StepSchedule.geometric``'s defaults ``h0 = 0.5``, ``growth = 1.4``; 8 blocks).
 
     Timesteps: an ``"ode"`` block takes ``steps_per_block`` solver steps (re-gridded by
     ``set_timesteps(num_inference_steps)``). A multi-stage solver gets one timestep per stage, as
@@ -88,27 +79,34 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
     ``h_k``: the model returns the secant velocity ``(x - F(x)) / h_k``, so the jump lands on the
     step map ``F(x)``.
 
+    Layer events: a normflows layer that sits between JKO steps (an ``ActNorm``, a permutation)
+    takes no time. ``layer_boundaries`` lists the boundaries ``T_j`` (``j`` in ``0..N``) that carry
+    one; each gets one timestep at exactly ``T_j``, where the model returns the displacement
+    ``x - L(x)`` of the layers there and the scheduler jumps by -1 to land on ``L(x)``.
+
     Block boundaries: the velocity field jumps at ``T_k`` (two networks meet there). A time
     ``t`` belongs to the block with ``T_{k-1} < t <= T_k`` (``t = 0`` to block 1), so a stage that
     needs block k at its data-side end ``T_{k-1}`` (k > 1) is given ``T_{k-1} + BOUNDARY_EPS * h_k``
-    instead: the model keeps its ``(sample, timestep)`` signature and the evaluation moves by
-    ``1e-9`` of the block's normalised time, far below the solver's error.
+    instead (and a stage at an end that carries a layer event is moved the same distance inside):
+    the model keeps its ``(sample, timestep)`` signature and the evaluation moves by ``1e-9`` of
+    the block's normalised time, far below the solver's error.
 
     Args:
         num_blocks: Number of blocks N (default ``len(step_sizes)``, or 8 for the geometric schedule).
         step_sizes: Explicit ``[h_1, ..., h_N]`` (all > 0), data side first. Exclusive with ``h0``,
             ``growth`` and ``h_max``.
-        h0: First geometric step (default 0.25).
+        h0: First geometric step (default 0.5).
         growth: Geometric ratio (default 1.4).
         h_max: Cap of the geometric steps (default: none).
         solver: ``"rk4"`` (default), ``"heun"`` or ``"euler"`` (explicit Runge-Kutta in ``SOLVERS``).
         steps_per_block: Solver steps per ``"ode"`` block in the default grid (default 4).
         block_types: ``"ode"`` or ``"map"`` per block, data side first (default: all ``"ode"``).
+        layer_boundaries: Indices ``j`` of the boundaries ``T_j`` that carry a layer event.
 
     Raises:
         ValueError: A step size, ``h0``, ``growth`` or ``h_max`` that is not > 0; ``num_blocks``
             different from ``len(step_sizes)`` or ``len(block_types)``; an unknown solver or block type;
-            ``step_sizes`` together with a geometric parameter.
+            ``step_sizes`` together with a geometric parameter; a layer boundary outside ``0..N``.
 
     References:
         Xu, Cheng, Xie, "Normalizing flow neural networks by JKO scheme", NeurIPS 2023.
@@ -116,7 +114,7 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
     Example:
         >>> s = JKOScheduler(num_blocks=3)
         >>> [round(h, 3) for h in s.step_sizes]
-        [0.25, 0.35, 0.49]
+        [0.5, 0.7, 0.98]
         >>> s.set_timesteps(num_inference_steps=3)
         >>> len(s.timesteps)  # 3 RK4 steps of 4 stages each
         12
@@ -137,11 +135,12 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
         solver: str = "rk4",
         steps_per_block: int = 4,
         block_types: Sequence[str] | None = None,
+        layer_boundaries: Sequence[int] | None = None,
     ) -> None:
-        check_choice("solver", solver, SOLVERS)
-        steps_per_block = _positive("steps_per_block", steps_per_block, integer=True)
+        choice("solver", solver, SOLVERS)
+        steps_per_block = positive_int("steps_per_block", steps_per_block)
         if num_blocks is not None:
-            num_blocks = _positive("num_blocks", num_blocks, integer=True)
+            num_blocks = positive_int("num_blocks", num_blocks)
         if step_sizes is not None:
             if isinstance(step_sizes, (Tensor, np.ndarray)):
                 step_sizes = step_sizes.tolist()
@@ -150,70 +149,90 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"step_sizes is exclusive with h0, growth and h_max, got both and {given}")
             if isinstance(step_sizes, (str, bytes)) or not isinstance(step_sizes, Sequence) or not step_sizes:
                 raise ValueError(f"step_sizes must be a non-empty sequence of numbers, got {step_sizes!r}")
-            steps = [_positive(f"step_sizes[{i}]", h) for i, h in enumerate(step_sizes)]
-            if num_blocks is not None and num_blocks != len(steps):
-                raise ValueError(f"num_blocks={num_blocks} but step_sizes has {len(steps)} entries")
-            num_blocks = len(steps)
+            schedule = StepSchedule(tuple(step_sizes))
+            if num_blocks is not None and num_blocks != schedule.num_blocks:
+                raise ValueError(f"num_blocks={num_blocks} but step_sizes has {schedule.num_blocks} entries")
         else:
-            num_blocks = DEFAULT_NUM_BLOCKS if num_blocks is None else num_blocks
-            h0 = _positive("h0", _GEOMETRIC_DEFAULTS["h0"] if h0 is None else h0)
-            growth = _positive("growth", _GEOMETRIC_DEFAULTS["growth"] if growth is None else growth)
-            h_max = None if h_max is None else _positive("h_max", h_max)
-            steps = [h0 * growth**k for k in range(num_blocks)]
-            steps = [min(h, h_max) if h_max is not None else h for h in steps]
-            for i, h in enumerate(steps):
-                _positive(f"geometric step h_{i + 1}", h)
+            h0 = positive("h0", GEOMETRIC_H0 if h0 is None else h0)
+            growth = positive("growth", GEOMETRIC_GROWTH if growth is None else growth)
+            schedule = StepSchedule.geometric(
+                DEFAULT_NUM_BLOCKS if num_blocks is None else num_blocks, h0=h0, growth=growth, h_max=h_max
+            )
+            h_max = None if h_max is None else float(h_max)
+        n = schedule.num_blocks
         if block_types is not None:
-            if isinstance(block_types, str) or len(block_types) != num_blocks:
-                raise ValueError(
-                    f"block_types must list one type per block ({num_blocks}), got {block_types!r}"
-                )
-            block_types = [check_choice("block_types entry", b, BLOCK_TYPES) for b in block_types]
+            if isinstance(block_types, str) or len(block_types) != n:
+                raise ValueError(f"block_types must list one type per block ({n}), got {block_types!r}")
+            block_types = [choice("block_types entry", b, BLOCK_TYPES) for b in block_types]
+        events = sorted(
+            {positive_int("layer_boundaries entry", j, minimum=0) for j in layer_boundaries or ()}
+        )
+        if events and events[-1] > n:
+            raise ValueError(
+                f"layer_boundaries must index the boundaries T_0..T_{n}, got {list(layer_boundaries)}"
+            )
         # Normalised, JSON-serialisable config (so that a round trip is exact).
         self.register_to_config(
-            num_blocks=num_blocks,
-            step_sizes=None if step_sizes is None else steps,
+            num_blocks=n,
+            step_sizes=None if step_sizes is None else list(schedule.step_sizes),
             h0=h0,
             growth=growth,
             h_max=h_max,
             steps_per_block=steps_per_block,
             block_types=None if block_types is None else list(block_types),
+            layer_boundaries=events or None,
         )
-        self._steps = tuple(steps)
-        self._types = tuple(block_types) if block_types is not None else ("ode",) * num_blocks
-        self._bounds = _boundaries(self._steps)
+        self._schedule = schedule
+        self._types = tuple(block_types) if block_types is not None else ("ode",) * n
+        self._events = frozenset(events)
         self.set_timesteps()
+
+    @classmethod
+    def from_schedule(cls, schedule: object, **config: object) -> JKOScheduler:
+        """A scheduler on ``schedule``'s time axis (a ``StepSchedule``, a scheduler or step sizes);
+        ``config`` sets the other options (``solver``, ``steps_per_block``, ``block_types``, ...)."""
+        return cls(step_sizes=list(StepSchedule.coerce(schedule).step_sizes), **config)
 
     # -- the schedule ------------------------------------------------------------------------
     @property
+    def schedule(self) -> StepSchedule:
+        """The time axis: step sizes and boundaries."""
+        return self._schedule
+
+    @property
     def num_blocks(self) -> int:
         """Number of blocks N."""
-        return len(self._steps)
+        return self._schedule.num_blocks
 
     @property
     def step_sizes(self) -> tuple[float, ...]:
         """``(h_1, ..., h_N)``, data side first."""
-        return self._steps
+        return self._schedule.step_sizes
 
     @property
     def boundaries(self) -> tuple[float, ...]:
         """``(T_0 = 0, T_1, ..., T_N)``; block k occupies ``[T_{k-1}, T_k]``."""
-        return self._bounds
+        return self._schedule.boundaries
 
     @property
     def intervals(self) -> tuple[tuple[float, float], ...]:
         """``((T_0, T_1), ..., (T_{N-1}, T_N))``, data side first."""
-        return tuple(zip(self._bounds[:-1], self._bounds[1:]))
+        return self._schedule.intervals
 
     @property
     def proximal_weights(self) -> tuple[float, ...]:
         """``1 / (2 h_k)``: the weight of ``|T(x) - x|^2`` in block k's JKO loss."""
-        return tuple(1.0 / (2.0 * h) for h in self._steps)
+        return self._schedule.proximal_weights
 
     @property
     def block_types(self) -> tuple[str, ...]:
         """``"ode"`` or ``"map"`` per block, data side first."""
         return self._types
+
+    @property
+    def layer_boundaries(self) -> tuple[int, ...]:
+        """Indices ``j`` of the boundaries ``T_j`` with a layer event, ascending."""
+        return tuple(sorted(self._events))
 
     # Every config entry is also a plain attribute, so reading one never hits diffusers' deprecated
     # config-attribute path (``step_sizes`` and ``block_types`` above are the resolved values).
@@ -252,73 +271,47 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
         """Index into ``timesteps`` of the next ``step()`` call (``None`` before the first)."""
         return self._step_index
 
-    def _derived(self, step_sizes: Sequence[float], block_types: Sequence[str]) -> JKOScheduler:
+    def _derived(
+        self, schedule: StepSchedule, block_types: Sequence[str], events: Sequence[int]
+    ) -> JKOScheduler:
         types = None if all(b == "ode" for b in block_types) else list(block_types)
-        return type(self)(
-            step_sizes=list(step_sizes),
+        return type(self).from_schedule(
+            schedule,
             solver=self.config.solver,
             steps_per_block=self.config.steps_per_block,
             block_types=types,
+            layer_boundaries=list(events) or None,
         )
 
     def refine(self) -> JKOScheduler:
-        """A schedule with every interval halved: 2N blocks, same total time, solver and grid."""
-        steps = [h / 2.0 for h in self._steps for _ in range(2)]
-        return self._derived(steps, [b for b in self._types for _ in range(2)])
+        """A schedule with every interval halved (``StepSchedule.refine``): 2N blocks, same total
+        time, solver and grid; layer events stay on their boundaries."""
+        return self._derived(
+            self._schedule.refine(), [b for b in self._types for _ in range(2)], [2 * j for j in self._events]
+        )
 
     def reparametrize(self, movements: Sequence[float]) -> JKOScheduler:
-        r"""A schedule of N blocks over the same total time in which each block moves the same W2 distance.
-
-        Rule (JKO-iFlow's adaptive re-spacing): take the W2 speed as constant inside each old block,
-        ``r_k = m_k / h_k``, so the movement accumulated up to time t is piecewise linear, and place
-        the new boundaries where it reaches ``j / N`` of the total. Each new block is then predicted
-        to move ``sum(m) / N``; iterating (retrain, measure, re-space) converges to equal movements.
-
-        Args:
-            movements: ``m_k``, the W2 distance block k moved its input, e.g.
-                ``sqrt(E|T_k(x) - x|^2)`` (data side first, all > 0).
-
-        Returns:
-            A new ``JKOScheduler`` with explicit ``step_sizes`` (same solver, grid and block types).
-
-        Raises:
-            ValueError: ``movements`` is not N finite positive numbers.
-        """
-        if isinstance(movements, (Tensor, np.ndarray)):
-            movements = movements.tolist()
-        if isinstance(movements, (str, bytes)) or len(movements) != self.num_blocks:
-            raise ValueError(
-                f"movements must hold one value per block ({self.num_blocks}), got {movements!r}"
-            )
-        m = [_positive(f"movements[{i}]", v) for i, v in enumerate(movements)]
-        cum = [0.0]
-        for v in m:
-            cum.append(cum[-1] + v)
-        total, n, bounds = cum[-1], self.num_blocks, self._bounds
-        new = [0.0]
-        for j in range(1, n):
-            target = total * j / n
-            k = min(max(bisect.bisect_right(cum, target), 1), n)  # old block holding the target
-            new.append(bounds[k - 1] + (target - cum[k - 1]) * self._steps[k - 1] / m[k - 1])
-        new.append(bounds[-1])
-        return self._derived([b - a for a, b in zip(new[:-1], new[1:])], self._types)
+        """A schedule of N blocks over the same total time in which each block moves the same W2
+        distance (``StepSchedule.reparametrize``; same solver, grid, block types and events)."""
+        return self._derived(self._schedule.reparametrize(movements), self._types, sorted(self._events))
 
     # -- the diffusers interface --------------------------------------------------------------
     def set_timesteps(
         self, num_inference_steps: int | None = None, device: str | torch.device | None = None
     ) -> None:
-        """Build ``timesteps`` (flow times from ``T_N`` down to 0, one per solver stage).
+        """Build ``timesteps`` (flow times from ``T_N`` down to 0, one per solver stage and layer event).
 
         Args:
             num_inference_steps: Total solver steps. Default: ``steps_per_block`` per ``"ode"`` block.
                 Otherwise each ``"map"`` block keeps its one jump and the rest is shared equally among
                 the ``"ode"`` blocks (the remainder going to the longest ones); steps never cross a
-                block boundary.
+                block boundary. Layer events are not counted.
             device: Device of ``timesteps`` (float64, or float32 on MPS).
 
         Raises:
             ValueError: Fewer steps than blocks, or a count that ``"map"`` blocks cannot absorb.
         """
+        steps, bounds = self._schedule.step_sizes, self._schedule.boundaries
         ode = [k for k, b in enumerate(self._types) if b == "ode"]
         n_map = self.num_blocks - len(ode)
         counts = [1] * self.num_blocks
@@ -326,29 +319,33 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
             for k in ode:
                 counts[k] = self.config.steps_per_block
         else:
-            n = _positive("num_inference_steps", num_inference_steps, integer=True)
+            n = positive_int("num_inference_steps", num_inference_steps)
             if n < self.num_blocks or (not ode and n != n_map):
                 raise ValueError(
                     f"num_inference_steps must be at least the number of blocks ({self.num_blocks}) and "
                     f"leave steps for the 'ode' blocks (map blocks take one each), got {n}"
                 )
             base, extra = divmod(n - n_map, len(ode))
-            longest = sorted(ode, key=lambda k: -self._steps[k])[:extra]
+            longest = sorted(ode, key=lambda k: -steps[k])[:extra]
             for k in ode:
                 counts[k] = base + (k in longest)
         solver = SOLVERS[self.config.solver]
         stages: list[_Stage] = []
         for k in reversed(range(self.num_blocks)):  # block N (noise side) first
-            t0, t1, h = self._bounds[k], self._bounds[k + 1], self._steps[k]
+            t0, t1, h = bounds[k], bounds[k + 1], steps[k]
+            if k + 1 in self._events:
+                stages.append(_Stage(t1, 0, t1, _LAYER_JUMP, _EULER))
             tab = solver if self._types[k] == "ode" else _EULER
             dt = -h / counts[k]
             for i in range(counts[k]):
                 start = t1 + i * dt
                 for j, c in enumerate(tab.c):
-                    t = start + c * dt
-                    if c == 1.0 and i == counts[k] - 1:
-                        t = t0 + BOUNDARY_EPS * h if k > 0 else t0
-                    stages.append(_Stage(t, j, start, dt, tab))
+                    t = t0 if (c == 1.0 and i == counts[k] - 1) else start + c * dt
+                    stages.append(
+                        _Stage(_shift_off_events(t, k + 1, bounds, h, self._events), j, start, dt, tab)
+                    )
+        if 0 in self._events:
+            stages.append(_Stage(0.0, 0, 0.0, _LAYER_JUMP, _EULER))
         self._stages = stages
         self.num_inference_steps = sum(counts)
         dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
@@ -362,7 +359,7 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def _tolerance(self) -> float:
-        return 1e-6 * max(1.0, self._bounds[-1])
+        return 1e-6 * max(1.0, self._schedule.total_time)
 
     def _index_for_timestep(self, t: float) -> int:
         for i, s in enumerate(self._stages):

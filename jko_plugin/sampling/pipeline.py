@@ -18,11 +18,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from .block import JKOBlock
+from .._validate import choice, positive_int
+from ..schedule import StepSchedule
+from ..steps.block import JKOBlock
 from .model import JKOFlowModel
 from .scheduler import JKOScheduler
 
-__all__ = ["JKOFlowPipeline", "JKOFlowPipelineOutput", "OUTPUT_TYPES"]
+__all__ = ["OUTPUT_TYPES", "JKOFlowPipeline", "JKOFlowPipelineOutput"]
 
 OUTPUT_TYPES = ("pt", "np")
 
@@ -39,20 +41,27 @@ class JKOFlowPipelineOutput(BaseOutput):
 
 
 def _check_components(model: torch.nn.Module, scheduler: object) -> None:
-    if isinstance(model, JKOFlowModel):
-        if not isinstance(scheduler, JKOScheduler):
-            raise ValueError(
-                f"a JKOFlowModel lives on the JKO time axis and needs a JKOScheduler, "
-                f"got {type(scheduler).__name__}"
-            )
-        if scheduler.num_blocks != model.num_blocks:
-            raise ValueError(f"scheduler has num_blocks={scheduler.num_blocks}, the model {model.num_blocks}")
-        if scheduler.block_types != model.block_types:
-            raise ValueError(f"scheduler block_types {scheduler.block_types} != model's {model.block_types}")
-        # Boundaries must agree far below BOUNDARY_EPS * h for the boundary stages to reach the right block.
-        for a, b in zip(scheduler.boundaries, model.boundaries):
-            if abs(a - b) > 1e-12 * max(1.0, model.boundaries[-1]):
-                raise ValueError(f"scheduler boundaries {scheduler.boundaries} != model's {model.boundaries}")
+    """A ``JKOFlowModel`` needs a ``JKOScheduler`` on its time axis; the model then adopts the
+    scheduler's (float64) axis, so that stages next to a boundary reach the right step."""
+    if not isinstance(model, JKOFlowModel):
+        return
+    if not isinstance(scheduler, JKOScheduler):
+        raise ValueError(
+            "a JKOFlowModel lives on the JKO time axis and needs a JKOScheduler, "
+            f"got {type(scheduler).__name__}"
+        )
+    if scheduler.num_blocks != model.num_blocks:
+        raise ValueError(f"scheduler has num_blocks={scheduler.num_blocks}, the model {model.num_blocks}")
+    if scheduler.block_types != model.block_types:
+        raise ValueError(f"scheduler block_types {scheduler.block_types} != model's {model.block_types}")
+    if scheduler.layer_boundaries != model.layer_boundaries:
+        raise ValueError(
+            f"scheduler layer_boundaries {scheduler.layer_boundaries} != model's {model.layer_boundaries}"
+        )
+    try:
+        model.adopt_schedule(scheduler.schedule)
+    except ValueError as err:
+        raise ValueError(f"the scheduler's time axis does not match the model's: scheduler {err}") from err
 
 
 class JKOFlowPipeline(DiffusionPipeline):
@@ -97,52 +106,56 @@ class JKOFlowPipeline(DiffusionPipeline):
         cls,
         flow: nf.NormalizingFlow,
         *,
-        scheduler: JKOScheduler | None = None,
-        step_sizes: Sequence[float] | None = None,
+        scheduler: JKOScheduler | StepSchedule | Sequence[float] | None = None,
         solver: str | None = None,
         steps_per_block: int | None = None,
     ) -> JKOFlowPipeline:
-        """A pipeline over the blocks of ``flow`` (shared, not copied).
+        """A pipeline over the layers of ``flow`` (shared, not copied).
 
         Args:
-            flow: An ``nf.NormalizingFlow`` of ``JKOBlock``/``JKOStep`` layers, standard normal base.
-            scheduler: The schedule the flow was trained on; its step sizes become the model's time axis.
-                Exclusive with the other options. If its ``block_types`` differ from the flow's, the
-                pipeline gets a copy with the flow's block types (``"map"`` for each ``JKOStep``).
-            step_sizes: The model's ``[h_1, ..., h_N]`` (default: the blocks' intervals, see
-                ``JKOFlowModel.from_normflows``).
-            solver, steps_per_block: Of the new ``JKOScheduler``; default: the ``JKOBlock``s' common
-                ``solver`` and ``steps``, so that sampling reproduces ``flow.forward``.
+            flow: An ``nf.NormalizingFlow`` of JKO steps (and describable normflows layers),
+                standard normal base.
+            scheduler: The ``JKOScheduler`` the flow was trained on (its time axis becomes the
+                model's; its block types and layer events are set to the flow's), or just the time
+                axis (a ``StepSchedule`` or step sizes), or ``None``: the steps' own intervals.
+            solver, steps_per_block: Of a new ``JKOScheduler`` (not with a ``JKOScheduler``);
+                default: the ``JKOBlock``s' common ``solver`` and ``steps``, so that sampling
+                reproduces ``flow.forward``.
 
         Raises:
-            ValueError: ``scheduler`` with another option, blocks that disagree on solver or steps
-                while the option is not given, or any error of ``JKOFlowModel.from_normflows``.
+            ValueError: A ``JKOScheduler`` with ``solver`` or ``steps_per_block``, blocks that
+                disagree on solver or steps while the option is not given, or any error of
+                ``JKOFlowModel.from_normflows``.
         """
-        if scheduler is not None:
-            if step_sizes is not None or solver is not None or steps_per_block is not None:
-                raise ValueError("scheduler is exclusive with step_sizes, solver and steps_per_block")
-            model = JKOFlowModel.from_normflows(flow, step_sizes=scheduler.step_sizes)
-            types = model.block_types
-            if scheduler.block_types != types:  # the trainer ignores block types; sampling needs them
+        given = scheduler if isinstance(scheduler, JKOScheduler) else None
+        if given is not None and (solver is not None or steps_per_block is not None):
+            raise ValueError("a JKOScheduler is exclusive with solver and steps_per_block")
+        model = JKOFlowModel.from_normflows(flow, schedule=scheduler)
+        types = None if set(model.block_types) == {"ode"} else list(model.block_types)
+        events = list(model.layer_boundaries) or None
+        if given is not None:
+            scheduler = given
+            if (
+                scheduler.block_types != model.block_types
+                or scheduler.layer_boundaries != model.layer_boundaries
+            ):
+                # The trainer needs only step sizes; sampling needs the flow's step types and layers.
                 scheduler = type(scheduler).from_config(
-                    scheduler.config, block_types=None if set(types) == {"ode"} else list(types)
+                    scheduler.config, block_types=types, layer_boundaries=events
                 )
             return cls(model=model, scheduler=scheduler)
-        model = JKOFlowModel.from_normflows(flow, step_sizes=step_sizes)
-        odes = [b for b in model.flows if isinstance(b, JKOBlock)]
+        odes = [s for s in model.steps if isinstance(s, JKOBlock)]
         for name, value in (("solver", solver), ("steps_per_block", steps_per_block)):
             attr = "solver" if name == "solver" else "steps"
             found = {getattr(b, attr) for b in odes}
             if value is None and len(found) > 1:
                 raise ValueError(f"the JKOBlocks use different {attr} values {sorted(found)}: pass {name}")
-        solver = solver or (odes[0].solver if odes else "rk4")
-        steps_per_block = steps_per_block or (odes[0].steps if odes else 1)
-        types = model.block_types
-        scheduler = JKOScheduler(
-            step_sizes=list(model.step_sizes),
-            solver=solver,
-            steps_per_block=steps_per_block,
-            block_types=None if set(types) == {"ode"} else list(types),
+        scheduler = JKOScheduler.from_schedule(
+            model.schedule,
+            solver=solver or (odes[0].solver if odes else "rk4"),
+            steps_per_block=steps_per_block or (odes[0].steps if odes else 1),
+            block_types=types,
+            layer_boundaries=events,
         )
         return cls(model=model, scheduler=scheduler)
 
@@ -216,15 +229,12 @@ class JKOFlowPipeline(DiffusionPipeline):
             ValueError: An unknown ``output_type``, latents of the wrong shape or count, or a
                 missing ``num_inference_steps`` for a non-JKO scheduler.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
+        choice("output_type", output_type, OUTPUT_TYPES)
         if num_inference_steps is None and not isinstance(self.scheduler, JKOScheduler):
             raise ValueError(f"num_inference_steps is required with {type(self.scheduler).__name__}")
         device, dtype = self._execution_device, self.model.dtype
         if latents is None:
-            n = 1 if batch_size is None else batch_size
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            n = 1 if batch_size is None else positive_int("batch_size", batch_size)
             x = randn_tensor((n, self._dim()), generator=generator, device=device, dtype=dtype)
             # Flow-matching schedulers define no init_noise_sigma: their noise end is unit noise.
             x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)

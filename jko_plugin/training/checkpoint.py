@@ -12,13 +12,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .distributed import DistributedContext, DistributedError
+
 __all__ = [
-    "CheckpointError",
-    "fingerprint",
-    "save_checkpoint",
-    "load_checkpoint",
-    "has_checkpoint",
     "STATE_FILE",
+    "CheckpointError",
+    "commit_checkpoint",
+    "fingerprint",
+    "has_checkpoint",
+    "load_checkpoint",
+    "open_checkpoint",
+    "save_checkpoint",
 ]
 
 STATE_FILE = "trainer.json"
@@ -97,3 +101,55 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"corrupt checkpoint weights {weights_path}: {err}") from err
     return meta, weights
+
+
+# -- the protocol of a (possibly distributed) run --------------------------------------------------
+
+
+def open_checkpoint(
+    ctx: DistributedContext, directory: Path, *, resume: bool, overwrite: bool
+) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """What a run starting in ``directory`` continues from: the loaded checkpoint with ``resume``,
+    ``None`` for a fresh run. Rank 0 reads and hands it to the others (no shared file system needed).
+
+    Raises:
+        FileExistsError: A checkpoint is there, and neither ``resume`` nor ``overwrite`` is set.
+        CheckpointError: A missing file or corrupt checkpoint.
+    """
+    loaded, error = None, None
+    if ctx.is_main:
+        try:
+            if resume and has_checkpoint(directory):
+                loaded = load_checkpoint(directory)
+            elif has_checkpoint(directory) and not overwrite:
+                error = FileExistsError(
+                    f"{directory} already holds a checkpoint; pass resume=True to continue it "
+                    "or overwrite=True to replace it"
+                )
+        except CheckpointError as err:
+            error = err
+    loaded, error = ctx.broadcast_object((loaded, error))
+    if error is not None:
+        raise error
+    return loaded
+
+
+def commit_checkpoint(ctx: DistributedContext, directory: Path, module: nn.Module, state: dict) -> None:
+    """Rank 0 saves; every rank waits for it (the barrier), and all fail together if it could not.
+
+    Raises:
+        OSError: On rank 0, the save failed.
+        DistributedError: On the other ranks, rank 0 could not save.
+    """
+    failure = None
+    if ctx.is_main:
+        try:
+            save_checkpoint(directory, module, state)
+        except OSError as err:
+            failure = err
+    if not ctx.all_true(failure is None):
+        if failure is not None:
+            raise failure
+        raise DistributedError(
+            f"rank 0 could not save the checkpoint of block {state.get('blocks_trained')} in {directory}"
+        )

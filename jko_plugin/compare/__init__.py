@@ -1,0 +1,18 @@
+r"""Side by side: JKO flows against flow matching and normflows baselines, same data, same budget."""
+
+from .cli import add_arguments, run
+from .methods import DEFAULT_METHODS, METHODS, Budget, Method, TrainedModel
+from .runner import TABLE_COLUMNS, compare, format_table
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "TABLE_COLUMNS",
+    "Budget",
+    "Method",
+    "TrainedModel",
+    "add_arguments",
+    "compare",
+    "format_table",
+    "run",
+]

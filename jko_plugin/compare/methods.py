@@ -1,0 +1,230 @@
+r"""The comparison's methods: each trains within a budget, samples, scores log-prob and counts NFE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .._ops import solver_nfe
+from .._validate import positive, positive_int
+from ..steps.layers import flow_nfe
+from ..training.budget import FixedIterations, TimeBudget
+from ..workflows import NLL_SOLVER_STEPS, RunConfig, build_flow, default_config, make_trainer, ode_density
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "Budget",
+    "FlowMatchingMethod",
+    "JKOMethod",
+    "Method",
+    "NormflowsMethod",
+    "TrainedModel",
+]
+
+#: Solver of flow-matching sampling: 12 RK4 steps, 48 evaluations, as many as the default JKO flow.
+FM_SAMPLE_STEPS, FM_SAMPLE_SOLVER = 12, "rk4"
+#: Solver of flow-matching likelihoods (exact divergence).
+FM_NLL_STEPS = 64
+#: Learning rate of the peers (Adam, cosine decay over the budget).
+PEER_LR = 1e-3
+BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every method gets: ``seconds`` of wall clock or ``steps`` gradient steps (exactly one)."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.seconds is None) == (self.steps is None):
+            raise ValueError(
+                f"give exactly one of budget_seconds and steps, got budget_seconds={self.seconds!r}, "
+                f"steps={self.steps!r}"
+            )
+        if self.seconds is not None:
+            positive("budget_seconds", self.seconds)
+        else:
+            positive_int("steps", self.steps)
+
+
+@dataclass
+class TrainedModel:
+    """A trained method, ready to be scored.
+
+    Attributes:
+        module: The model (its trainable parameters are counted).
+        sample: ``(n, generator) -> (n, d)`` samples.
+        log_prob: ``(n, d) -> (n,)`` log-densities (the density that is scored).
+        nfe: Network evaluations per sample when sampling.
+        train_seconds: Wall clock of training, everything included.
+        train_steps: Gradient steps taken.
+        details: Method-specific figures for ``results.json``.
+    """
+
+    module: nn.Module
+    sample: Callable[[int, torch.Generator], Tensor]
+    log_prob: Callable[[Tensor], Tensor]
+    nfe: int
+    train_seconds: float
+    train_steps: int
+    details: dict = field(default_factory=dict)
+
+
+class Method:
+    """A comparison method: ``train(x, x_val, budget, seed) -> TrainedModel``."""
+
+    name: str = ""
+    summary: str = ""
+
+    def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
+        """Train on ``x`` within ``budget`` (``x_val``: held-out points for diagnostics only)."""
+        raise NotImplementedError
+
+
+class JKOMethod(Method):
+    """A JKO flow of one step kind, trained block-wise by ``JKOTrainer``.
+
+    With a time budget the trainer first measures its own costs (``JKOTrainer.estimate_costs``)
+    and a ``TimeBudget`` plan shares the time left among the blocks; with ``steps`` every block
+    takes ``steps // num_blocks``. ODE blocks are scored with the ODE's own density
+    (``ode_density``: 8 RK4 steps per block), as flow matching is scored with a fine solver.
+    """
+
+    def __init__(self, name: str, block: str, summary: str) -> None:
+        self.name, self.block, self.summary = name, block, summary
+
+    def config(self, dim: int, seed: int) -> RunConfig:
+        """The run settings of this method in dimension ``dim``."""
+        if self.block == "ode":
+            # From d = 4 on, Hutchinson's cheaper iterations won at equal time (BENCHMARKS.md s.4).
+            return default_config("ode", seed=seed, trace="exact" if dim <= 3 else "hutchinson")
+        return default_config(self.block, seed=seed)
+
+    def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
+        from ..adapters.normflows_baselines import sample_flow
+
+        config = self.config(x.shape[1], seed)
+        start = time.perf_counter()
+        flow = build_flow(config, x.shape[1])
+        trainer = make_trainer(config, flow, x.shape[0], progress=False)
+        details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
+        if budget.steps is not None:
+            plan = FixedIterations(max(1, budget.steps // config.num_blocks))
+        else:
+            costs = trainer.estimate_costs(x, x_val)
+            details.update(
+                calibration_seconds=time.perf_counter() - start,
+                calibrated_seconds_per_iteration=costs.per_iteration,
+                block_overhead_seconds=costs.per_block,
+                fit_overhead_seconds=costs.per_fit,
+            )
+            plan = TimeBudget(budget.seconds, costs, config.num_blocks, start=start)
+        history = trainer.fit(x, x_val, plan=plan)
+        seconds = time.perf_counter() - start
+        iterations = [b.iterations for b in history.blocks]
+        details.update(iterations_per_block=iterations, block_nll=[b.nll for b in history.blocks])
+
+        def log_prob(xb: Tensor) -> Tensor:
+            with ode_density(flow):
+                return flow.log_prob(xb)
+
+        if config.block == "ode":
+            details.update(trace=config.trace, nll_solver=f"{NLL_SOLVER_STEPS} x {config.num_blocks} x rk4")
+        return TrainedModel(
+            flow,
+            lambda n, gen: sample_flow(flow, n, generator=gen),
+            log_prob,
+            flow_nfe(flow),
+            seconds,
+            sum(iterations),
+            details,
+        )
+
+
+class FlowMatchingMethod(Method):
+    """Conditional flow matching (our trainer, ``adapters.flow_matching``), sampled with 12 RK4 steps."""
+
+    def __init__(self, name: str, coupling: str, summary: str) -> None:
+        self.name, self.coupling, self.summary = name, coupling, summary
+
+    def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
+        from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FlowMatchingModel(x.shape[1])
+        history = fit_flow_matching(
+            model,
+            x,
+            coupling=self.coupling,
+            steps=budget.steps,
+            budget_seconds=budget.seconds,
+            batch_size=min(BATCH_SIZE, x.shape[0]),
+            lr=PEER_LR,
+            seed=seed,
+        )
+        return TrainedModel(
+            model,
+            lambda n, gen: model.sample(n, steps=FM_SAMPLE_STEPS, solver=FM_SAMPLE_SOLVER, generator=gen),
+            lambda xb: model.log_prob(xb, steps=FM_NLL_STEPS, solver="rk4"),
+            solver_nfe(FM_SAMPLE_STEPS, FM_SAMPLE_SOLVER),
+            history.seconds,
+            history.steps,
+            {
+                "sample_solver": f"{FM_SAMPLE_STEPS} x {FM_SAMPLE_SOLVER}",
+                "nll_solver": f"{FM_NLL_STEPS} x rk4",
+            },
+        )
+
+
+class NormflowsMethod(Method):
+    """A normflows baseline (``adapters.normflows_baselines``) trained by maximum likelihood."""
+
+    def __init__(self, name: str, summary: str) -> None:
+        self.name, self.summary = name, summary
+
+    def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
+        from ..adapters.normflows_baselines import fit_maximum_likelihood, make_baseline, sample_flow
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            flow = make_baseline(self.name, x.shape[1])
+        history = fit_maximum_likelihood(
+            flow,
+            x,
+            steps=budget.steps,
+            budget_seconds=budget.seconds,
+            batch_size=min(BATCH_SIZE, x.shape[0]),
+            lr=PEER_LR,
+            seed=seed,
+        )
+        return TrainedModel(
+            flow,
+            lambda n, gen: sample_flow(flow, n, generator=gen),
+            flow.log_prob,
+            flow_nfe(flow),
+            history.seconds,
+            history.steps,
+        )
+
+
+#: The methods ``compare`` knows, in their default order.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        JKOMethod("jko", "ode", "JKO flow of ODE blocks (6 blocks, 2 RK4 steps each)"),
+        JKOMethod("jko-spline", "spline", "JKO flow of spline steps (4 steps of 2 layers)"),
+        FlowMatchingMethod("cfm", "independent", "flow matching, linear path (I-CFM / rectified flow)"),
+        FlowMatchingMethod("otcfm", "ot", "flow matching with exact minibatch OT coupling (OT-CFM)"),
+        NormflowsMethod("realnvp", "normflows RealNVP, maximum likelihood"),
+        NormflowsMethod("nsf", "normflows neural spline flow, maximum likelihood"),
+    )
+}
+DEFAULT_METHODS = ",".join(METHODS)

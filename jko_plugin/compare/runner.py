@@ -1,0 +1,267 @@
+r"""Side by side: JKO flows against flow matching and normflows baselines, same data, same budget.
+
+``compare(dataset, methods, budget_seconds=S)`` trains every method for the same wall-clock
+budget (or ``steps=N``: the same number of gradient steps), then evaluates all of them on the same
+held-out points with the same metrics, and writes ``table.md``, ``results.json`` and
+``samples.png``. The command line ``jko-flow compare`` is ``compare.cli``.
+
+Methods are the registry ``METHODS`` (``compare.methods``): ``jko`` (ODE blocks), ``jko-spline``,
+``cfm``, ``otcfm``, ``realnvp`` and ``nsf``; each trains within the budget, samples, scores its
+log-density and counts its NFE. Budgets: with ``budget_seconds`` every method trains until its
+clock runs out (a JKO flow through the trainer's ``TimeBudget`` plan, calibration included in
+``train_seconds``); with ``steps`` every method takes that many gradient steps (a JKO flow
+``steps // num_blocks`` per block).
+
+Metrics, all on the same held-out points: ``test_nll`` (exact: change of variables, or the
+exact-divergence ODE for flow matching with 64 RK4 steps); ``w2`` from ``n`` model samples to
+``n`` held-out points and ``w2_floor`` from ``n`` training points to the same held-out points
+(``n = min(4000, held-out)``, same Sinkhorn settings); ``mmd`` (Gaussian kernels, median
+heuristic) on the same points; ``nfe`` network evaluations per sample when sampling;
+``sample_seconds`` to draw 10,000 samples; ``params``; and where the density is known
+(moons, checkerboard, 8gaussians, ``gmm<d>``) ``true_nll`` and ``nll_gap = test_nll - true_nll``
+(also per dimension).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .._validate import positive_int
+from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
+from ..metrics import mmd, nll, wasserstein2
+from ..plotting import scatter_panels
+from .methods import DEFAULT_METHODS, METHODS, Budget
+
+__all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table"]
+
+#: Samples drawn (and timed) per method; the first ``w2_points`` are scored.
+NUM_SAMPLES = 10_000
+TABLE_COLUMNS = (
+    ("method", "method", "{}"),
+    ("test_nll", "test NLL", "{:.3f}"),
+    ("nll_gap", "gap to true", "{:+.3f}"),
+    ("w2", "W2", "{:.4f}"),
+    ("w2_floor", "W2 floor", "{:.4f}"),
+    ("mmd", "MMD^2", "{:.2e}"),
+    ("train_seconds", "train s", "{:.1f}"),
+    ("train_steps", "grad steps", "{}"),
+    ("params", "params", "{}"),
+    ("nfe", "NFE", "{}"),
+    ("sample_seconds", "10k samples s", "{:.2f}"),
+)
+
+
+class _Scored(nn.Module):
+    """``module`` (its parameters and device) with the ``log_prob`` that ``metrics.nll`` scores."""
+
+    def __init__(self, module: nn.Module, log_prob: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.module, self._log_prob = module, log_prob
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self._log_prob(x)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def _load(
+    dataset: str | Path, num_train: int, num_test: int, seed: int, maf_root: str | Path | None
+) -> tuple[str, Tensor, Tensor, Dataset | None]:
+    """``(name, train, held-out, registry entry or None)``."""
+    if maf_root is not None:
+        if str(dataset).lower() not in MAF_DATASETS:
+            raise ValueError(f"with maf_root, dataset must be one of {sorted(MAF_DATASETS)}, got {dataset!r}")
+        splits = load_maf(str(dataset), maf_root)  # the standard splits; train rows kept in order
+        return str(dataset).lower(), splits.train[:num_train], splits.test[:num_test], None
+    path = Path(str(dataset))
+    if path.suffix.lower() in (".npy", ".csv"):
+        data = load_samples(path)
+        x_train, x_test = train_test_split(data, 0.2, seed=seed)
+        return path.name, x_train[:num_train], x_test[:num_test], None
+    ds = get_dataset(str(dataset))  # ValueError listing the choices
+    if ds.size is not None:
+        data = ds.sample(ds.size, seed=seed)
+        x_train, x_test = train_test_split(data, 0.2, seed=seed)
+        return ds.name, x_train[:num_train], x_test[:num_test], ds
+    return ds.name, ds.sample(num_train, seed=seed), ds.sample(num_test, seed=seed + 1), ds
+
+
+def _methods(methods: str | Sequence[str]) -> list[str]:
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [m for m in names if m]
+    if not names:
+        raise ValueError(f"methods must name at least one of {list(METHODS)}, got {methods!r}")
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods must not repeat a name, got {names}")
+    return names
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- evaluation and outputs ---------------------------------------------------------------------
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
+    has_gap = any(r.get("nll_gap") is not None for r in records)
+    columns = [c for c in TABLE_COLUMNS if c[0] != "nll_gap" or has_gap]
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in records:
+        cells = []
+        for key, _, fmt in columns:
+            v = r.get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(
+    dataset: str | Path,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    *,
+    budget_seconds: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    num_train: int = 20000,
+    num_test: int = 4000,
+    w2_points: int = 4000,
+    num_samples: int = NUM_SAMPLES,
+    maf_root: str | Path | None = None,
+    verbose: bool = False,
+) -> list[dict]:
+    """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
+
+    Args:
+        dataset: A name known to ``jko_plugin.datasets.get_dataset`` (``moons``, ``checkerboard``,
+            ``gmm16``, ``digits``, ...) or a path to a ``.npy`` / ``.csv`` file of samples
+            ``(n, d)``, split 80/20 into train and held-out points. Fixed-size datasets (digits)
+            are split 80/20 too.
+        methods: Comma-separated names or a sequence, among ``METHODS``.
+        budget_seconds: Wall-clock training budget per method.
+        steps: Gradient steps per method (for a JKO flow, the total over its blocks). Exactly
+            one of ``budget_seconds`` and ``steps``. With ``steps`` the results depend only on
+            ``seed`` (timings aside).
+        seed: Seeds the data, the initial weights, the batches and the samples.
+        out: Directory for ``table.md``, ``results.json`` and ``samples.png`` (``None``: none).
+        num_train, num_test: Training and held-out points (caps for files and fixed-size data).
+        w2_points: Cap of ``n`` for W2 and MMD: ``n = min(w2_points, held-out, train)``.
+        num_samples: Samples drawn and timed per method (``sample_seconds``), at least ``n``.
+        maf_root: With a MAF benchmark name as ``dataset`` (``power``, ``gas``, ``hepmass``,
+            ``miniboone``, ``bsds300``), the local folder of the MAF data archive
+            (``jko_plugin.datasets.load_maf``): trains on the first ``num_train`` rows of the
+            standard training split, scores on the first ``num_test`` rows of its test split
+            (raise both to use the full splits, as the published numbers do).
+        verbose: Print progress and the table.
+
+    Returns:
+        One record per method (see the module docstring for the keys). A model whose test
+        log-likelihood is not finite (diverged training) gets ``test_nll = None``, and one with
+        non-finite samples ``w2 = mmd = None``; ``errors`` says why, and the table shows "-".
+
+    Raises:
+        ValueError: Unknown method or dataset (the message lists the choices), a bad budget.
+        FileNotFoundError: A data file that does not exist.
+    """
+    names = _methods(methods)
+    budget = Budget(budget_seconds, steps)
+    for name, v in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("w2_points", w2_points),
+        ("num_samples", num_samples),
+    ):
+        positive_int(name, v, minimum=2)
+    label, x_train, x_test, ds = _load(dataset, num_train, num_test, seed, maf_root)
+    dim = x_train.shape[1]
+    if dim < 2:
+        raise ValueError(f"compare needs data of dimension >= 2 (coupling flows), got d = {dim}")
+    n = min(w2_points, x_test.shape[0], x_train.shape[0], num_samples)
+    ref = x_test[:n]
+    floor = wasserstein2(x_train[:n], ref)
+    true_nll = (
+        float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
+    )
+    records, samples_by_method = [], {}
+    for method in names:
+        if verbose:
+            print(f"[{label}] training {method} ...", flush=True)
+        torch.manual_seed(seed)
+        result = METHODS[method].train(x_train, x_test, budget, seed)
+        result.module.eval()
+        gen = torch.Generator().manual_seed(seed + 7)
+        start = time.perf_counter()
+        with torch.no_grad():
+            samples = result.sample(num_samples, gen)
+        sample_seconds = time.perf_counter() - start
+        finite = torch.isfinite(samples).all(dim=1)
+        scored = samples[finite][:n]
+        errors = []
+        try:
+            test_nll = nll(_Scored(result.module, result.log_prob), x_test)
+        except ValueError as err:  # a diverged model: recorded as failed, not dropped
+            test_nll = None
+            errors.append(f"test_nll: {err}")
+        if scored.shape[0] < n:
+            errors.append(f"only {scored.shape[0]} of {n} scored samples are finite: no W2 / MMD")
+        known = test_nll is not None and true_nll is not None
+        record = {
+            "method": method,
+            "dataset": label,
+            "dim": dim,
+            "test_nll": test_nll,
+            "true_nll": true_nll,
+            "nll_gap": test_nll - true_nll if known else None,
+            "nll_gap_per_dim": (test_nll - true_nll) / dim if known else None,
+            "w2": wasserstein2(scored, ref) if scored.shape[0] == n else None,
+            "w2_floor": floor,
+            "w2_points": n,
+            "mmd": mmd(scored, ref) if scored.shape[0] == n else None,
+            "train_seconds": result.train_seconds,
+            "train_steps": result.train_steps,
+            "params": _params(result.module),
+            "nfe": result.nfe,
+            "sample_seconds": sample_seconds,
+            "num_samples": num_samples,
+            "nonfinite_samples": int((~finite).sum()),
+            "errors": errors,
+            "budget_seconds": budget_seconds,
+            "budget_steps": steps,
+            "seed": seed,
+            "num_train": int(x_train.shape[0]),
+            "num_test": int(x_test.shape[0]),
+            "details": result.details,
+        }
+        records.append(record)
+        samples_by_method[method] = samples[finite]
+        if verbose:
+            print(format_table([record]).splitlines()[-1], flush=True)
+    table = format_table(records)
+    if verbose:
+        print(table)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        spent = f"{budget_seconds:g} s" if budget_seconds is not None else f"{steps} gradient steps"
+        header = (
+            f"{label} (d = {dim}), {x_train.shape[0]} train / {x_test.shape[0]} held-out points, "
+            f"budget {spent} per method, seed {seed}; W2 and MMD on n = {n} points"
+            + ("" if true_nll is None else f"; true test NLL {true_nll:.3f}")
+        )
+        (out / "table.md").write_text(header + "\n\n" + table + "\n")
+        (out / "results.json").write_text(json.dumps(records, indent=1))
+        panels = [("held-out data", x_test)] + list(samples_by_method.items())
+        scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
+    return records

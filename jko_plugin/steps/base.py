@@ -1,0 +1,118 @@
+r"""The contract every JKO step meets: ``ProximalStep``, a normflows ``Flow`` that is one proximal step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from normflows.flows import Flow
+from torch import Tensor
+
+__all__ = ["BLOCK_TYPES", "ProximalStep", "Transport"]
+
+#: How a step moves points along the time axis: ``"ode"``, the flow of a velocity field over its
+#: interval (``JKOBlock``); ``"map"``, one invertible jump across it (``JKOStep``).
+BLOCK_TYPES = ("ode", "map")
+
+
+@dataclass
+class Transport:
+    """What one data -> noise pass of a JKO step yields per sample, all of shape ``(batch,)``
+    except ``z`` ``(batch, d)``.
+
+    Attributes:
+        z: The pushed points ``T(x)``.
+        log_det: ``log|det dT/dx|`` (``None`` from ``transport(x, log_det=False)`` of an ODE block).
+        sq_displacement: ``|T(x) - x|^2``.
+        kinetic_energy: ``integral |f(x_t, t)|^2 dt`` along the path, or ``None`` for steps that
+            are not ODE flows.
+    """
+
+    z: Tensor
+    log_det: Tensor | None
+    sq_displacement: Tensor
+    kinetic_energy: Tensor | None
+
+
+class ProximalStep(Flow):
+    r"""One JKO (Wasserstein proximal) step as a normflows layer: the contract shared by all step kinds.
+
+    The trainer, the diffusers model and the pipeline talk to steps through this contract only:
+
+    - ``inverse(x)`` (data -> latent) and ``forward(z)`` as every normflows ``Flow``;
+    - ``transport(x)``: the data -> latent pass with the per-sample terms of the JKO loss;
+    - ``inversion_error(x)``: how far ``forward(inverse(x))`` lands from ``x``;
+    - ``set_interval(t0, t1)`` / ``time_interval``: where ``StepSchedule.place`` put the step on
+      the flow's time axis, and ``velocity_at(x, t)``: the velocity a sampler integrates there;
+    - ``config()``: a JSON description that ``from_config`` rebuilds the step from (fresh weights);
+    - ``kind``: the registry name it was built as (``STEP_KINDS``), ``block_type``: ``"ode"`` or
+      ``"map"`` (see ``BLOCK_TYPES``), and ``nfe``: network evaluations per sample, latent -> data.
+
+    Args:
+        dim: Data dimension ``d``.
+        kind: Registry name of the step kind.
+    """
+
+    block_type: ClassVar[str] = "map"
+
+    def __init__(self, dim: int, kind: str) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.kind = kind
+
+    # -- to be provided by each kind ---------------------------------------------------------
+    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+        """Data -> latent pass with the per-sample terms of the JKO loss."""
+        raise NotImplementedError
+
+    def velocity_at(self, x: Tensor, t: float) -> Tensor:
+        """The velocity ``dx/dt`` a sampler integrates at flow time ``t`` inside the step's interval."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable description; ``type(self).from_config(config)`` rebuilds the step."""
+        raise NotImplementedError
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample in the latent -> data direction."""
+        raise NotImplementedError
+
+    @property
+    def time_interval(self) -> tuple[float, float]:
+        """``(t0, t1)``: the step's place on the flow's time axis."""
+        raise NotImplementedError
+
+    def set_interval(self, t0: float, t1: float) -> None:
+        """Place the step on ``[t0, t1]`` of the flow's time axis (``t1 > t0``)."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict) -> ProximalStep:
+        """A fresh step (new weights) from ``config()``'s output."""
+        return cls(**config)
+
+    @property
+    def duration(self) -> float:
+        """``t1 - t0``: the step size ``h`` of this step."""
+        t0, t1 = self.time_interval
+        return t1 - t0
+
+    @torch.no_grad()
+    def inversion_error(self, x: Tensor) -> float:
+        """Mean Euclidean distance ``|forward(inverse(x)) - x|`` over the batch."""
+        z, _ = self.inverse(x)
+        x_back, _ = self.forward(z)
+        return float((x_back - x).norm(dim=-1).mean())
+
+
+def check_interval(t0: float, t1: float) -> tuple[float, float]:
+    """``(t0, t1)`` as floats with ``t1 > t0``, else ``ValueError``."""
+    t0, t1 = float(t0), float(t1)
+    if not t1 > t0:
+        raise ValueError(f"interval must satisfy t1 > t0, got ({t0}, {t1})")
+    return t0, t1

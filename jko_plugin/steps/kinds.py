@@ -1,0 +1,197 @@
+r"""The registry of JKO step kinds (``STEP_KINDS``) and the ready-made flows built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import normflows as nf
+import torch
+from normflows.flows import Flow
+
+from .._validate import choice, positive_int
+from .base import ProximalStep
+from .block import JKOBlock
+from .layers import build_layer
+from .map import JKOStep
+
+__all__ = [
+    "DEFAULT_STEP_KIND",
+    "STEP_KINDS",
+    "StepKind",
+    "jko_steps",
+    "make_flow",
+    "make_spline_step",
+    "solver_steps",
+]
+
+
+def _reversal(dim: int) -> dict:
+    # Reversing the coordinates twice is the identity in any dimension, unlike normflows' "swap".
+    return {
+        "class": "Permute",
+        "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": list(range(dim))[::-1]},
+    }
+
+
+def make_spline_step(
+    dim: int,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    bins: int = 8,
+    tail_bound: float = 5.0,
+    res_blocks: int = 2,
+) -> JKOStep:
+    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
+    with coordinate reversals between them.
+
+    The step is the identity at initialisation: each spline starts as the identity and the
+    reversals come in pairs. A proximal step must start where it is cheapest (no movement); a
+    random permutation such as ``LULinearPermute`` would start it far from ``x``.
+
+    >>> make_spline_step(3).nfe  # two autoregressive layers, d = 3 passes each when sampling
+    6
+    """
+    positive_int("layers", layers)
+    specs: list[dict] = []
+    for i in range(layers):
+        specs.append(
+            {
+                "class": "AutoregressiveRationalQuadraticSpline",
+                "kwargs": {
+                    "num_input_channels": dim,
+                    "num_blocks": res_blocks,
+                    "num_hidden_channels": hidden,
+                    "num_bins": bins,
+                    "tail_bound": tail_bound,
+                },
+            }
+        )
+        if i < layers - 1 or layers % 2 == 0:
+            specs.append(_reversal(dim))
+    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="spline")
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A kind of JKO step: how to build one, and the run settings tuned for it.
+
+    Attributes:
+        name: Registry key (``--block`` on the command line).
+        build: ``build(dim, **options) -> ProximalStep``.
+        run_options: ``RunConfig`` field -> ``build`` option, for the fields this kind uses.
+        run_defaults: ``RunConfig`` values tuned for this kind (BENCHMARKS.md s.1).
+        summary: One line for help texts.
+    """
+
+    name: str
+    build: Callable[..., ProximalStep]
+    run_options: Mapping[str, str] = field(default_factory=dict)
+    run_defaults: Mapping[str, object] = field(default_factory=dict)
+    summary: str = ""
+
+
+#: Every kind of step the CLI, ``make_flow``, ``RunConfig`` and ``compare`` know, by name.
+STEP_KINDS: dict[str, StepKind] = {
+    "spline": StepKind(
+        "spline",
+        make_spline_step,
+        {"spline_layers": "layers", "spline_hidden": "hidden"},
+        {"num_blocks": 4, "iterations": 600, "lr": 3e-3},
+        "JKOSteps of autoregressive rational-quadratic spline layers (exact, fast to train)",
+    ),
+    "ode": StepKind(
+        "ode",
+        JKOBlock,
+        {"hidden": "hidden", "steps": "steps", "trace": "trace"},
+        {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2},
+        "JKOBlocks: continuous-time residual blocks, the flow of an MLP velocity field",
+    ),
+}
+#: The kind used when none is named: it trained the best 2-D density at equal time (BENCHMARKS.md s.1).
+DEFAULT_STEP_KIND = "spline"
+
+
+def get_step_kind(name: str) -> StepKind:
+    """``STEP_KINDS[name]``, or ``ValueError`` listing the kinds."""
+    return STEP_KINDS[choice("block", name, STEP_KINDS)]
+
+
+def make_flow(
+    dim: int,
+    num_blocks: int,
+    *,
+    block: str = DEFAULT_STEP_KIND,
+    schedule: object | None = None,
+    **options: object,
+) -> nf.NormalizingFlow:
+    """A ``nf.NormalizingFlow`` of ``num_blocks`` JKO steps on ``N(0, I)``, ready for ``JKOTrainer``.
+
+    Args:
+        dim: Data dimension.
+        num_blocks: Number of JKO steps.
+        block: A key of ``STEP_KINDS`` (``"spline"``, ``"ode"``).
+        schedule: Where to place the steps (a ``StepSchedule``, ``JKOScheduler`` or step sizes);
+            default the geometric ``StepSchedule`` (the trainer re-places them on its own).
+        **options: Options of the kind's builder (``JKOBlock``: ``hidden``, ``steps``, ``solver``,
+            ...; ``make_spline_step``: ``layers``, ``hidden``, ``bins``, ...).
+
+    Example:
+        >>> flow = make_flow(2, 3, block="ode", hidden=(16,), steps=1)
+        >>> [f.time_interval for f in jko_steps(flow)][0]
+        (0.0, 0.5)
+    """
+    from ..schedule import StepSchedule
+
+    kind = get_step_kind(block)
+    positive_int("num_blocks", num_blocks)
+    try:
+        steps = [kind.build(dim, **options) for _ in range(num_blocks)]
+    except TypeError as err:
+        raise ValueError(f"bad options {sorted(options)} for block={block!r}: {err}") from err
+    sched = StepSchedule.geometric(num_blocks) if schedule is None else StepSchedule.coerce(schedule)
+    sched.place(steps)
+    # normflows order: flows[0] next to the latent, so the first step trained (data side) goes last.
+    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), steps[::-1])
+
+
+def jko_steps(flow: nf.NormalizingFlow | Flow) -> list[ProximalStep]:
+    """The JKO steps of ``flow`` in training order (data side first, i.e. ``flows[-1]`` first)."""
+    return [f for f in reversed(flow.flows) if isinstance(f, ProximalStep)]
+
+
+@contextmanager
+def solver_steps(flow: nf.NormalizingFlow, steps: int) -> Iterator[nf.NormalizingFlow]:
+    """Integrate every ``JKOBlock`` of ``flow`` with ``steps`` solver steps inside the block.
+
+    A block's log-determinant is the divergence integrated along the solver's trajectory: exact
+    for the ODE, approximate for the few-step map the block was trained with. Once training has
+    sharpened the velocity, that gap shows (a two-moons density integrating to 1.02 over the
+    plane with 2 RK4 steps per block, to 1.0000 with 8); a finer solver evaluates the ODE's own,
+    normalised density::
+
+        with solver_steps(flow, 8):
+            nll = -flow.log_prob(x_test).mean()
+    """
+    positive_int("steps", steps)
+    blocks = [f for f in flow.flows if isinstance(f, JKOBlock)]
+    saved = [b.steps for b in blocks]
+    for b in blocks:
+        b.steps = steps
+    try:
+        yield flow
+    finally:
+        for b, n in zip(blocks, saved):
+            b.steps = n
+
+
+def fresh_like(step: ProximalStep, *, seed: int) -> ProximalStep:
+    """A new step of ``step``'s configuration with fresh weights drawn from ``seed`` (the global
+    RNG untouched), on ``step``'s device and dtype."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = type(step).from_config(step.config())
+    p = next(step.parameters(), None)
+    return new if p is None else new.to(device=p.device, dtype=p.dtype)

@@ -1,0 +1,93 @@
+r"""How many iterations each block gets: a fixed count, or a wall-clock budget shared among the blocks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._validate import positive, positive_int
+from .history import TrainingHistory
+
+__all__ = ["FixedIterations", "IterationCosts", "IterationPlan", "TimeBudget"]
+
+
+@dataclass(frozen=True)
+class IterationCosts:
+    """What training costs, in seconds, as ``JKOTrainer.estimate_costs`` measures it.
+
+    Attributes:
+        per_iteration: One training iteration (transport, JKO loss, backward, optimizer step).
+        per_block: A block's fixed work: pushing the data through it and its diagnostics.
+        per_fit: The fit's one-off work (the data-entropy estimate behind the KL figures).
+    """
+
+    per_iteration: float
+    per_block: float
+    per_fit: float
+
+
+class IterationPlan(Protocol):
+    """Decides, before each block, how many iterations it trains (``JKOTrainer.fit(plan=...)``)."""
+
+    def iterations(self, block: int, history: TrainingHistory) -> int:
+        """Iterations for ``block`` (1 = data side), given the records of the blocks trained so far."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedIterations:
+    """The same number of iterations for every block (the trainer's default plan)."""
+
+    count: int
+
+    def __post_init__(self) -> None:
+        positive_int("count", self.count)
+
+    def iterations(self, block: int, history: TrainingHistory) -> int:
+        """``count``."""
+        return self.count
+
+
+class TimeBudget:
+    """Shares ``seconds`` of wall clock among ``num_blocks`` blocks.
+
+    Before each block, the time left is split equally among the blocks left, the block's fixed
+    cost is taken off and the rest turned into iterations at the measured cost per iteration:
+    first ``costs.per_iteration``, then the mean over the blocks trained so far, from their
+    records (``seconds`` less ``costs.per_block``, over ``iterations``). The clock starts when
+    the plan is made (or at ``start``, a ``time.perf_counter()`` value).
+
+    Args:
+        seconds: The budget for the whole fit.
+        costs: ``JKOTrainer.estimate_costs``'s measurement.
+        num_blocks: Blocks to share the budget among.
+        start: When the budget started (default: now).
+
+    Example:
+        >>> plan = TimeBudget(10.0, IterationCosts(0.01, 0.5, 0.0), 4)
+        >>> 190 <= plan.iterations(1, TrainingHistory()) <= 200
+        True
+    """
+
+    def __init__(
+        self, seconds: float, costs: IterationCosts, num_blocks: int, *, start: float | None = None
+    ) -> None:
+        self.seconds = positive("seconds", seconds)
+        self.costs = costs
+        self.num_blocks = positive_int("num_blocks", num_blocks)
+        self.start = time.perf_counter() if start is None else float(start)
+
+    def seconds_per_iteration(self, history: TrainingHistory) -> float:
+        """The cost per iteration measured on the blocks trained so far (the estimate before any)."""
+        done = [b for b in history.blocks if b.iterations > 0]
+        if not done:
+            return self.costs.per_iteration
+        rates = [max(b.seconds - self.costs.per_block, 1e-6) / b.iterations for b in done]
+        return sum(rates) / len(rates)
+
+    def iterations(self, block: int, history: TrainingHistory) -> int:
+        """Iterations that fit in this block's share of the time left (at least 1)."""
+        left = self.seconds - self.costs.per_fit - (time.perf_counter() - self.start)
+        share = left / max(self.num_blocks - len(history.blocks), 1)
+        return max(1, int((share - self.costs.per_block) / self.seconds_per_iteration(history)))

@@ -1,0 +1,141 @@
+r"""The options of ``JKOTrainer``: one frozen dataclass, checked at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._validate import choice
+from .distributed import BACKENDS
+
+__all__ = [
+    "ADAPTATIONS",
+    "LR_SCHEDULES",
+    "MODEL_OPTIONS",
+    "OPTIMIZERS",
+    "TRANSPORT_COSTS",
+    "TrainerOptions",
+    "TrainingDiverged",
+]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+LR_SCHEDULES = ("cosine", "constant")
+TRANSPORT_COSTS = ("displacement", "kinetic")
+ADAPTATIONS = ("reparametrize", "refine")
+# Options that change the trained model; a checkpoint made with other values is another model's.
+MODEL_OPTIONS = (
+    "iterations",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "weight_decay",
+    "grad_clip",
+    "warm_start",
+    "transport_cost",
+    "tol",
+    "max_blocks",
+    "growth",
+    "stop_early",
+    "seed",
+    "adapt",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss of a block became NaN or infinite; earlier checkpoints are left untouched."""
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """Options of ``JKOTrainer`` (all keyword arguments of its constructor).
+
+    Attributes:
+        iterations: Gradient steps per block.
+        batch_size: Mini-batch size; the data must hold at least this many points. Under
+            ``torchrun`` this is the global batch: each of the ``W`` ranks draws
+            ``batch_size / W`` points from its shard (``batch_size`` must be divisible by ``W``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: Learning rate.
+        lr_schedule: ``"cosine"`` (decay to 0 within each block) or ``"constant"``.
+        weight_decay: Optimizer weight decay.
+        grad_clip: Max gradient norm, or ``None``.
+        warm_start: Start each block from the previous block's weights (same architecture).
+        transport_cost: ``"displacement"``, ``E|T(x) - x|^2 / (2h)``, or ``"kinetic"``,
+            ``(t1 - t0) * E int |f|^2 dt / (2h)`` (an upper bound; ODE blocks only, spline steps
+            fall back to the displacement).
+        tol: Stopping rule: converged once ``E|T(x)-x|^2 / E|T(x)|^2 < tol``.
+        max_blocks: Append blocks (like the last one, step size times ``growth``) while not
+            converged, up to this many JKO steps in all. ``None``: train the given steps only.
+        growth: Step-size ratio for appended blocks; default the scheduler's ``growth`` or 1.
+        stop_early: Once converged, drop the JKO steps not yet trained instead of training them.
+        seed: Seed of batches, probes and initialisation of appended blocks: same seed, same model.
+        adapt: Schedule adaptations applied after the first pass, in order, each followed by
+            retraining every block from a fresh start (JKO-iFlow): ``"reparametrize"`` re-spaces
+            the steps so that each block moves the same W2 distance
+            (``JKOScheduler.reparametrize``), ``"refine"`` halves every step (twice the blocks,
+            ``JKOScheduler.refine``). ODE blocks only; not combined with checkpoints.
+        device: Device to train on (default: where the flow's parameters are).
+        chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
+        eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
+        progress: Show a tqdm bar per block and print the summary table (rank 0 only).
+        backend: Distributed backend when launched by ``torchrun`` (``WORLD_SIZE > 1``):
+            ``"gloo"``, ``"nccl"``, or ``None``: NCCL when training on CUDA, gloo on CPU. A
+            process group the caller initialised is used as it is.
+        dist_timeout: Seconds a collective waits for the other ranks before the run stops with
+            ``DistributedError`` (a rank that died never leaves the others hanging).
+    """
+
+    iterations: int = 300
+    batch_size: int = 512
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    warm_start: bool = False
+    transport_cost: str = "displacement"
+    tol: float = 0.01
+    max_blocks: int | None = None
+    growth: float | None = None
+    stop_early: bool = False
+    seed: int = 0
+    adapt: tuple[str, ...] = ()
+    device: str | None = None
+    chunk_size: int = 8192
+    eval_size: int = 2000
+    progress: bool = True
+    backend: str | None = None
+    dist_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            choice("backend", self.backend, BACKENDS)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        choice("transport_cost", self.transport_cost, TRANSPORT_COSTS)
+        if isinstance(self.adapt, str):
+            object.__setattr__(self, "adapt", (self.adapt,))
+        object.__setattr__(self, "adapt", tuple(self.adapt))
+        for a in self.adapt:
+            choice("adapt", a, ADAPTATIONS)
+        for name in ("iterations", "batch_size", "chunk_size", "eval_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "tol", "dist_timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.growth is not None and not self.growth > 0:
+            raise ValueError(f"growth must be positive or None, got {self.growth!r}")
+        if self.max_blocks is not None and (not isinstance(self.max_blocks, int) or self.max_blocks < 1):
+            raise ValueError(f"max_blocks must be a positive integer or None, got {self.max_blocks!r}")

@@ -1,0 +1,76 @@
+r"""Changing which JKO steps a flow holds: grow, drop, renew for a new schedule, match a checkpoint."""
+
+from __future__ import annotations
+
+import normflows as nf
+from normflows.flows import Flow
+from torch import nn
+
+from ..steps.base import ProximalStep
+from ..steps.kinds import fresh_like, jko_steps
+
+__all__ = ["append_step", "drop_steps_after", "grow_to", "renew_steps"]
+
+
+def _data_first(flow: nf.NormalizingFlow) -> list[Flow]:
+    return list(reversed(flow.flows))
+
+
+def _set_data_first(flow: nf.NormalizingFlow, layers: list[Flow]) -> None:
+    flow.flows = nn.ModuleList(reversed(layers))
+
+
+def _fresh(step: ProximalStep, seed: int) -> ProximalStep:
+    try:
+        return fresh_like(step, seed=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot add or renew JKO steps like this {type(step).__name__}: it cannot be rebuilt from "
+            f"its config ({err})"
+        ) from err
+
+
+def append_step(flow: nf.NormalizingFlow, *, seed: int) -> ProximalStep:
+    """Add a fresh copy of the last JKO step (the one nearest the latent) on its latent side;
+    other layers stay where they are. Returns the new step."""
+    layers = _data_first(flow)
+    last = max(i for i, f in enumerate(layers) if isinstance(f, ProximalStep))
+    new = _fresh(layers[last], seed)
+    layers.insert(last + 1, new)
+    _set_data_first(flow, layers)
+    return new
+
+
+def grow_to(flow: nf.NormalizingFlow, count: int, *, seed: int) -> None:
+    """Append fresh JKO steps (see ``append_step``) until the flow holds ``count``; step ``k``
+    draws its weights from ``seed + k``."""
+    while len(jko_steps(flow)) < count:
+        append_step(flow, seed=seed + len(jko_steps(flow)) + 1)
+
+
+def drop_steps_after(flow: nf.NormalizingFlow, keep: int) -> None:
+    """Remove the JKO steps after the first ``keep`` (data side first); other layers stay."""
+    kept, layers = 0, []
+    for layer in _data_first(flow):
+        if isinstance(layer, ProximalStep):
+            kept += 1
+            if kept > keep:
+                continue
+        layers.append(layer)
+    _set_data_first(flow, layers)
+
+
+def renew_steps(flow: nf.NormalizingFlow, count: int, *, seed: int) -> None:
+    """Replace every JKO step by a fresh copy of the first one's config and grow to ``count``
+    steps (a new schedule's blocks, all untrained); step ``k`` draws from ``seed + k``."""
+    layers = _data_first(flow)
+    template = next(f for f in layers if isinstance(f, ProximalStep))
+    k = 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, ProximalStep):
+            k += 1
+            layers[i] = _fresh(template, seed + k)
+    _set_data_first(flow, layers)
+    if count < k:
+        drop_steps_after(flow, count)
+    grow_to(flow, count, seed=seed)

@@ -1,0 +1,485 @@
+r"""Block-wise JKO training: each step is trained alone on the data pushed through the steps before it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import normflows as nf
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._validate import as_points
+from ..schedule import StepSchedule
+from ..steps.base import ProximalStep, Transport
+from ..steps.block import JKOBlock
+from ..steps.kinds import fresh_like, jko_steps
+from .budget import FixedIterations, IterationCosts, IterationPlan
+from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
+from .distributed import DistributedContext, LossTerms, setup, shard, wrap_ddp
+from .history import BlockRecord, TrainingHistory, knn_entropy
+from .options import MODEL_OPTIONS, OPTIMIZERS, TrainerOptions, TrainingDiverged
+from .surgery import append_step, drop_steps_after, grow_to, renew_steps
+
+__all__ = ["JKOTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class JKOTrainer:
+    """Trains the JKO steps of a normflows model one at a time (Xu, Cheng, Xie, NeurIPS 2023).
+
+    Step k is trained on ``x ~ rho_{k-1}``, the data pushed through steps 1..k-1 (frozen), with
+    ``E[|T(x)|^2/2 - log|det dT(x)| + |T(x) - x|^2 / (2 h_k)]``: one proximal (JKO) step on
+    ``KL(. || N(0, I))``. Other normflows layers of the model are applied but not trained.
+
+    Args:
+        flow: A ``nf.NormalizingFlow`` with a ``DiagGaussian``-like base, or a list of JKO steps
+            (``ProximalStep``s, data side last, as in ``nf.NormalizingFlow``).
+        schedule: The step sizes ``h_1..h_N`` (data side first): a ``StepSchedule``, a
+            ``JKOScheduler`` or a sequence. The steps are placed on it (``StepSchedule.place``).
+        **options: See ``TrainerOptions``; unknown names raise ``TypeError``.
+
+    Example:
+        >>> from jko_plugin import make_flow
+        >>> flow = make_flow(2, 2, block="ode", hidden=(16,), steps=1)
+        >>> trainer = JKOTrainer(flow, [0.5, 1.0], iterations=5, batch_size=32, progress=False)
+        >>> history = trainer.fit(torch.randn(64, 2))
+        >>> len(history.blocks), trainer.schedule.boundaries
+        (2, (0.0, 0.5, 1.5))
+    """
+
+    def __init__(
+        self, flow: nf.NormalizingFlow | Sequence[nn.Module], schedule: object, **options: object
+    ) -> None:
+        fields = {f.name for f in dataclasses.fields(TrainerOptions)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(f"unknown JKOTrainer options {unknown}; valid options are {sorted(fields)}")
+        self.options = TrainerOptions(**options)
+        if not isinstance(flow, nf.NormalizingFlow):
+            layers = list(flow)
+            if not layers:
+                raise ValueError("flow must hold at least one JKO step, got an empty list")
+            flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(layers[0].dim, trainable=False), layers)
+        self.flow = flow
+        steps = jko_steps(flow)
+        if not steps:
+            raise ValueError("flow has no JKO step (a ProximalStep such as JKOBlock or JKOStep) to train")
+        self.dim = steps[0].dim
+        #: The time axis; changes when blocks are appended, dropped or re-spaced.
+        self.schedule = StepSchedule.coerce(schedule)
+        if self.schedule.num_blocks != len(steps):
+            raise ValueError(
+                f"schedule has {self.schedule.num_blocks} step sizes but the flow has {len(steps)} JKO steps"
+            )
+        growth = self.options.growth
+        if growth is None:
+            growth = getattr(getattr(schedule, "config", None), "get", lambda *_: None)("growth") or 1.0
+        self.growth = float(growth)
+        self.history = TrainingHistory(options=self._options_dict())
+        #: This process's place in a distributed run (set by ``fit``; one process by default).
+        self.distributed = DistributedContext()
+
+    @property
+    def step_sizes(self) -> list[float]:
+        """``[h_1, ..., h_N]`` of ``schedule``."""
+        return list(self.schedule.step_sizes)
+
+    # -- public ------------------------------------------------------------------------------
+    def fit(
+        self,
+        x: Tensor | np.ndarray,
+        x_val: Tensor | np.ndarray | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        callback: Callable[[BlockRecord], None] | None = None,
+        plan: IterationPlan | None = None,
+    ) -> TrainingHistory:
+        """Train the flow's JKO steps in place, data side first; return the per-block history.
+
+        Under ``torchrun`` (or in an initialised process group) every rank passes the same ``x``
+        and ``x_val`` and keeps the rows ``rank, rank + W, ...`` of each; rank 0's weights are
+        copied to all ranks first, gradients are averaged by ``DistributedDataParallel``, and the
+        per-block figures are reduced over all ranks, so every rank returns the same history and
+        ends with the same weights. Only rank 0 writes checkpoints, logs and progress bars.
+
+        Args:
+            x: Training data ``(n, d)``, tensor or array.
+            x_val: Held-out data for the diagnostics; default: ``eval_size`` training points.
+            checkpoint_dir: Save weights and history there after every block (atomically).
+            resume: Continue from the checkpoint in ``checkpoint_dir`` at the first untrained step.
+            overwrite: Allow a fresh run to replace an existing checkpoint.
+            callback: Called with each block's record after it is saved (on every rank).
+            plan: Iterations per block (``training.budget``: e.g. ``TimeBudget``); default
+                ``FixedIterations(options.iterations)``.
+
+        Raises:
+            ValueError: Bad data (NaN/inf rows, wrong dimension, fewer points than a batch).
+            CheckpointError: A missing, corrupt or foreign checkpoint.
+            FileExistsError: ``checkpoint_dir`` holds a checkpoint, and neither ``resume`` nor
+                ``overwrite`` is set.
+            TrainingDiverged: A NaN/inf loss (on any rank); the last good checkpoint is kept.
+            DistributedError: Another rank failed or a collective timed out (``dist_timeout``).
+        """
+        opts = self.options
+        plan = plan if plan is not None else FixedIterations(opts.iterations)
+        device = torch.device(opts.device) if opts.device else next(self.flow.parameters()).device
+        ctx = self.distributed = setup(backend=opts.backend, device=device, timeout=opts.dist_timeout)
+        if ctx.backend == "nccl" and opts.device is None:
+            device = ctx.comm_device
+        x, x_val = self._data(x, x_val)
+        if opts.adapt and checkpoint_dir is not None:
+            raise ValueError("adapt cannot be combined with checkpoint_dir: each round retrains every block")
+        if opts.adapt and not all(isinstance(f, JKOBlock) for f in jko_steps(self.flow)):
+            raise ValueError("adapt needs a flow whose JKO steps are all JKOBlocks")
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        done = 0
+        if checkpoint_dir is not None:
+            checkpoint_dir = Path(checkpoint_dir)
+            loaded = open_checkpoint(ctx, checkpoint_dir, resume=resume, overwrite=overwrite)
+            if loaded is not None:
+                done = self._restore(checkpoint_dir, loaded)
+        self.flow.to(device)
+        self.schedule.place(jko_steps(self.flow))
+        if ctx.active:
+            theirs = ctx.broadcast_object(fingerprint(self.flow))
+            if not ctx.all_true(theirs == fingerprint(self.flow)):
+                raise ValueError(
+                    "the flow differs between ranks (layers or shapes); build the same model on every rank"
+                )
+            ctx.broadcast_module(self.flow)
+        self.history.data_entropy = ctx.broadcast_object(knn_entropy(x_val) if ctx.is_main else None)
+        x, x_val = shard(x, ctx).to(device), shard(x_val, ctx).to(device)
+        self._run(x, x_val, done, checkpoint_dir, callback, plan)
+        for adaptation in opts.adapt:
+            self._adapt(adaptation)
+            self._run(x, x_val, 0, None, callback, plan)
+        self.flow.eval()
+        if opts.progress and ctx.is_main:
+            tqdm.write(self.history.summary())
+        return self.history
+
+    @torch.no_grad()
+    def estimate_costs(
+        self, x: Tensor | np.ndarray, x_val: Tensor | np.ndarray | None = None
+    ) -> IterationCosts:
+        """Time this trainer's own work on a throwaway copy of the first step (the flow is untouched):
+        a few training iterations, one block's data pass and diagnostics, and the fit's entropy
+        estimate. For planning a wall-clock budget (``training.budget.TimeBudget``)."""
+        x, x_val = self._data(x, x_val)
+        device = next(self.flow.parameters()).device
+        x, x_val = x.to(device), x_val.to(device)
+        step = fresh_like(jko_steps(self.flow)[0], seed=self.options.seed)
+        step.set_interval(*self.schedule.intervals[0])
+        h = self.schedule.step_sizes[0]
+        times = []
+        with torch.enable_grad():
+            optimizer, params = self._optimizer(step, 8)
+            step.train()
+            for _ in range(8):
+                start = time.perf_counter()
+                self._update(self._loss(step, None, x[: self.options.batch_size], h), None, optimizer, params)
+                times.append(time.perf_counter() - start)
+        per_iteration = sorted(times[2:])[len(times[2:]) // 2]  # median after two warm-up iterations
+        start = time.perf_counter()
+        self._diagnose(step, x, x_val, h)
+        per_block = time.perf_counter() - start
+        start = time.perf_counter()
+        knn_entropy(x_val)
+        return IterationCosts(per_iteration, per_block, time.perf_counter() - start)
+
+    # -- the block loop ------------------------------------------------------------------------
+    def _data(self, x: object, x_val: object) -> tuple[Tensor, Tensor]:
+        opts, world = self.options, self.distributed.world_size
+        dtype = next(self.flow.parameters()).dtype
+        x = as_points(x, "x", dim=self.dim, dtype=dtype)
+        if x.shape[0] < opts.batch_size:
+            raise ValueError(f"x has {x.shape[0]} points, fewer than batch_size={opts.batch_size}")
+        if opts.batch_size % world:
+            raise ValueError(
+                f"batch_size={opts.batch_size} is the global batch and must be divisible by the "
+                f"number of processes, {world}"
+            )
+        if x_val is None:
+            gen = torch.Generator().manual_seed(opts.seed)
+            x_val = x[torch.randperm(x.shape[0], generator=gen)[: opts.eval_size]]
+            self.history.options["eval_on"] = "training subset"
+        else:
+            x_val = as_points(x_val, "x_val", dim=self.dim, dtype=dtype)[: opts.eval_size]
+            self.history.options["eval_on"] = "held-out"
+        if x_val.shape[0] < world:
+            raise ValueError(f"x_val has {x_val.shape[0]} points, fewer than the {world} processes")
+        return x, x_val
+
+    def _run(
+        self,
+        data: Tensor,
+        val: Tensor,
+        done: int,
+        ckpt: Path | None,
+        callback: Callable | None,
+        plan: IterationPlan,
+    ) -> None:
+        opts, ctx = self.options, self.distributed
+        val_log_det = val.new_zeros(val.shape[0])
+        k, i = 0, 0
+        while i < len(self.flow.flows):
+            layer = self.flow.flows[len(self.flow.flows) - 1 - i]  # data side first
+            i += 1
+            if not isinstance(layer, ProximalStep):
+                data, _ = self._push(layer, data)
+                val, ld = self._push(layer, val)
+                val_log_det = val_log_det + ld
+                continue
+            k += 1
+            h = self.schedule.step_sizes[k - 1]
+            start = time.perf_counter()
+            iterations = 0
+            if k > done:
+                if opts.warm_start and k > 1:
+                    _warm_start(layer, jko_steps(self.flow)[k - 2])
+                iterations = plan.iterations(k, self.history)
+                self._train_block(layer, data, h, k, iterations)
+            data, sums, val, ld, inv_err = self._diagnose(layer, data, val, h)
+            val_log_det = val_log_det + ld
+            if k > done:
+                nlls = -self.flow.q0.log_prob(val) - val_log_det
+                record = self._record(k, h, sums, nlls, inv_err, time.perf_counter() - start, iterations)
+                self.history.blocks.append(record)
+                if ctx.is_main:
+                    logger.info("block %d: %s", k, record)
+                self.history.converged = record.movement_ratio < opts.tol
+                if ckpt is not None:
+                    commit_checkpoint(ctx, ckpt, self.flow, self._state(k))
+                if callback is not None:
+                    callback(record)
+            converged = self.history.blocks[k - 1].movement_ratio < opts.tol
+            is_last = k == self.schedule.num_blocks
+            if converged and opts.stop_early and not is_last:
+                drop_steps_after(self.flow, k)
+                self.schedule = self.schedule.truncate(k)
+            elif is_last and not converged and opts.max_blocks is not None and k < opts.max_blocks:
+                append_step(self.flow, seed=opts.seed * 100003 + 50000 + k)
+                self.schedule = self.schedule.extend(self.growth)
+                self.schedule.place(jko_steps(self.flow))
+
+    def _optimizer(self, step: nn.Module, iterations: int) -> tuple[object, list[nn.Parameter]]:
+        opts = self.options
+        params = [p for p in step.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[opts.optimizer](params, lr=opts.lr, weight_decay=opts.weight_decay)
+        sched = None
+        if opts.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+        return (optimizer, sched), params
+
+    def _loss(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Tensor:
+        if ddp is None:
+            return sum(self._loss_terms(step, step.transport(batch), h))
+        return self.distributed.guard("DDP forward", lambda: ddp(batch)).sum()
+
+    def _update(self, loss: Tensor, ddp: nn.Module | None, optimizer: tuple, params: list) -> None:
+        opt, sched = optimizer
+        opt.zero_grad(set_to_none=True)
+        if ddp is None:
+            loss.backward()
+        else:
+            self.distributed.guard("gradient all-reduce", loss.backward)
+        if self.options.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+    def _train_block(self, step: ProximalStep, data: Tensor, h: float, k: int, iterations: int) -> None:
+        opts, ctx = self.options, self.distributed
+        optimizer, params = self._optimizer(step, iterations)
+        # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
+        seed = opts.seed * 100003 + k + 1000003 * ctx.rank
+        gen = torch.Generator().manual_seed(seed)
+        n = data.shape[0]
+        batch_size = opts.batch_size // ctx.world_size  # this rank's share of the global batch
+        order, pos = torch.randperm(n, generator=gen), 0
+        step.train()
+        # DDP averages the gradients over ranks in backward (its construction copies rank 0's weights).
+        ddp = None
+        if ctx.active:
+            ddp = wrap_ddp(LossTerms(step, lambda s, out: self._loss_terms(s, out, h)), ctx, data.device)
+        bar = tqdm(
+            range(iterations),
+            desc=f"block {k}/{self.schedule.num_blocks}",
+            disable=not (opts.progress and ctx.is_main),
+            leave=False,
+        )
+        devices = [data.device.index or 0] if data.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # Hutchinson probes, if any
+            for it in bar:
+                if pos + batch_size > n:
+                    order, pos = torch.randperm(n, generator=gen), 0
+                batch = data[order[pos : pos + batch_size].to(data.device)]
+                pos += batch_size
+                loss = self._loss(step, ddp, batch, h)
+                # Decided over all ranks before any backward, so that every rank stops at the same iteration.
+                if not ctx.all_true(bool(torch.isfinite(loss))):
+                    raise TrainingDiverged(
+                        f"block {k} diverged at iteration {it} (loss {loss.item()}); "
+                        "lower lr, set grad_clip, or use more solver steps"
+                    )
+                self._update(loss, ddp, optimizer, params)
+                if it % 25 == 0 or it == iterations - 1:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+    def _loss_terms(self, step: ProximalStep, out: Transport, h: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch means of ``|T(x)|^2/2``, ``-log|det dT|`` (``nan`` without it) and the proximal
+        transport term."""
+        potential = 0.5 * out.z.square().sum(-1).mean()
+        neg_log_det = -out.log_det.mean() if out.log_det is not None else out.z.new_tensor(math.nan)
+        if self.options.transport_cost == "kinetic" and out.kinetic_energy is not None:
+            cost = out.kinetic_energy * step.duration
+        else:
+            cost = out.sq_displacement
+        return potential, neg_log_det, cost.mean() / (2 * h)
+
+    @torch.no_grad()
+    def _push(self, layer: nn.Module, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``layer.inverse`` (data -> latent) over ``data`` in chunks: points and log-determinants."""
+        layer.eval()
+        outs = [layer.inverse(chunk) for chunk in data.split(self.options.chunk_size)]
+        # e.g. ActNorm returns a scalar log-determinant
+        return torch.cat([z for z, _ in outs]), torch.cat([ld.expand(z.shape[0]) for z, ld in outs])
+
+    @torch.no_grad()
+    def _diagnose(
+        self, step: ProximalStep, data: Tensor, val: Tensor, h: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+        """A trained step's pass over the data: ``(T(data), sums of its loss terms, T(val),
+        log-dets on val, inversion error on val)``.
+
+        The training points are pushed without their divergence (one velocity pass per stage
+        instead of ``d + 1``), and ``-log|det|`` is averaged over ``eval_size`` of them: in d = 16
+        the exact divergence over all training points cost half a block's time. The sums
+        (float64, summable over ranks) are those of ``|T(x)|^2/2``, ``-log|det|``, the transport
+        term, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count."""
+        step.eval()
+        inv_err = step.inversion_error(val[: self.options.eval_size])
+        zs, sums, full_log_det = [], torch.zeros(5, dtype=torch.float64), True
+        for chunk in data.split(self.options.chunk_size):
+            out = step.transport(chunk, log_det=False)
+            potential, _, transport = self._loss_terms(step, out, h)
+            full_log_det = full_log_det and out.log_det is not None
+            sums += torch.tensor(
+                [
+                    float(potential) * len(chunk),
+                    -float(out.log_det.sum()) if full_log_det else 0.0,
+                    float(transport) * len(chunk),
+                    float(out.sq_displacement.sum()),
+                    float(out.z.square().sum()),
+                ],
+                dtype=torch.float64,
+            )
+            zs.append(out.z)
+        if not full_log_det:
+            _, ld = step.inverse(data[: self.options.eval_size])
+            sums[1] = -ld.double().mean() * data.shape[0]
+        sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
+        val_z, val_ld = self._push(step, val)
+        return torch.cat(zs), sums, val_z, val_ld, inv_err
+
+    def _record(
+        self, k: int, h: float, sums: Tensor, nlls: Tensor, inv_err: float, seconds: float, iterations: int
+    ) -> BlockRecord:
+        ctx = self.distributed
+        if ctx.active:
+            # Sums over all ranks (and rank 0's clock), the same bits on every rank.
+            n_val = nlls.shape[0]
+            local = [float(nlls.double().sum()), inv_err * n_val, float(n_val), seconds * ctx.is_main]
+            total = ctx.all_sum(torch.cat([sums, torch.tensor(local, dtype=torch.float64)]))
+            sums = total[: sums.numel()]
+            nll_sum, inv_sum, n_val, seconds = (float(v) for v in total[sums.numel() :])
+            nll, inv_err = nll_sum / n_val, inv_sum / n_val
+        else:
+            nll = float(nlls.mean())
+        potential, neg_log_det, transport, sq_disp, sq_norm, n = (float(s) for s in sums)
+        return BlockRecord(
+            index=k,
+            step_size=h,
+            potential=potential / n,
+            neg_log_det=neg_log_det / n,
+            transport=transport / n,
+            loss=(potential + neg_log_det + transport) / n,
+            w2_movement=math.sqrt(sq_disp / n),
+            movement_ratio=sq_disp / max(sq_norm, 1e-300),
+            kl_estimate=nll - self.history.data_entropy,
+            nll=nll,
+            inversion_error=inv_err,
+            seconds=seconds,
+            iterations=iterations,
+        )
+
+    # -- schedule adaptation and checkpoints -----------------------------------------------------
+    def _adapt(self, kind: str) -> None:
+        """Replace the schedule by its re-spaced or refined version and renew every block."""
+        if kind == "reparametrize":
+            new = self.schedule.reparametrize([max(b.w2_movement, 1e-12) for b in self.history.blocks])
+        else:
+            new = self.schedule.refine()
+        renew_steps(self.flow, new.num_blocks, seed=self.options.seed * 100003 + 50000)
+        self.schedule = new
+        self.schedule.place(jko_steps(self.flow))
+        self.history.blocks = []
+
+    def _options_dict(self) -> dict:
+        # As JSON would give them back (tuples become lists), so that saved and live compare equal.
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(self.options, k)) for k in MODEL_OPTIONS)
+        }
+
+    def _state(self, trained: int) -> dict:
+        return {
+            "blocks_trained": trained,
+            "num_steps": len(jko_steps(self.flow)),
+            "step_sizes": list(self.schedule.step_sizes),
+            "options": self._options_dict(),
+            "history": self.history.to_dict(),
+        }
+
+    def _restore(self, directory: Path, loaded: tuple[dict, dict] | None = None) -> int:
+        meta, weights = loaded if loaded is not None else load_checkpoint(directory)
+        ours = self._options_dict()
+        if meta.get("options") != ours:
+            theirs = meta.get("options", {})
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise CheckpointError(f"checkpoint in {directory} was made with other trainer options: {diff}")
+        sizes = [float(h) for h in meta["step_sizes"]]
+        given = self.schedule.num_blocks
+        if sizes[:given] != list(self.schedule.step_sizes):
+            raise CheckpointError(
+                f"checkpoint in {directory} has step sizes {sizes[:given]}, this run {self.step_sizes}"
+            )
+        # Blocks appended by max_blocks in the saved run are appended here too (weights come from the file).
+        grow_to(self.flow, int(meta["num_steps"]), seed=self.options.seed * 100003 + 50000)
+        self.schedule = StepSchedule(tuple(sizes))
+        if fingerprint(self.flow) != meta["fingerprint"]:
+            raise CheckpointError(f"checkpoint in {directory} holds another model (layers or shapes differ)")
+        self.flow.load_state_dict(weights)
+        self.history = TrainingHistory.from_dict(meta["history"])
+        return int(meta["blocks_trained"])
+
+
+def _warm_start(step: nn.Module, previous: nn.Module) -> None:
+    """Start ``step`` from ``previous``'s weights (same class; its place on the time axis kept)."""
+    if type(step) is not type(previous):
+        return
+    state = {k: v for k, v in previous.state_dict().items() if k != "interval"}
+    step.load_state_dict(state, strict=False)
