@@ -7,8 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from .._validate import as_points, positive, positive_int
 from ._solvers import CHUNK, _half_sq_dist
-from .wasserstein import ArrayLike, _pair, _points, _positive
+from .wasserstein import ArrayLike, _pair
 
 __all__ = ["MMD_BANDWIDTH_FACTORS", "bits_per_dim", "inversion_error", "mmd", "nll"]
 
@@ -49,7 +50,7 @@ def mmd(x: ArrayLike, y: ArrayLike, *, bandwidths: float | tuple[float, ...] | N
         bandwidths = tuple(f * median for f in MMD_BANDWIDTH_FACTORS) if median > 0 else (1.0,)
     bandwidths = (bandwidths,) if isinstance(bandwidths, (int, float)) else tuple(bandwidths)
     for s in bandwidths:
-        _positive("bandwidths", s)
+        positive("bandwidths", s)
     gammas = [0.5 / (s * s) for s in bandwidths]
 
     def mean_kernel(p: Tensor, q: Tensor) -> float:
@@ -65,9 +66,8 @@ def mmd(x: ArrayLike, y: ArrayLike, *, bandwidths: float | tuple[float, ...] | N
 
 
 def _model_input(model: torch.nn.Module, x: ArrayLike, batch_size: int) -> list[Tensor]:
-    x = _points(x, "x")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = as_points(x, "x", upcast_half=True)
+    batch_size = positive_int("batch_size", batch_size)
     ref = next(iter(model.parameters()), next(iter(model.buffers()), None))
     x = x if ref is None else x.to(device=ref.device, dtype=ref.dtype)
     return list(torch.split(x, batch_size))
@@ -103,7 +103,8 @@ def bits_per_dim(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096
     Raises:
         ValueError: As :func:`nll`.
     """
-    return nll(model, x, batch_size=batch_size) / (_points(x, "x").shape[1] * math.log(2.0))
+    value = nll(model, x, batch_size=batch_size)
+    return value / (as_points(x, "x", upcast_half=True).shape[1] * math.log(2.0))
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import as_points, choice, positive, positive_int
 from ._solvers import DENSE_MAX, SPARSE_MAX_DIM, _diameter, _schedule, _solve_dense, _solve_sparse
 
 __all__ = [
@@ -39,26 +40,8 @@ GEOMLOSS_SCALING = 0.95
 # ---------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------
-def _points(x: ArrayLike, name: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (n, d); batches are not supported, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    x = x.detach()
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float64 if not x.is_floating_point() else torch.float32)
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise ValueError(f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows")
-    return x
-
-
 def _pair(x: ArrayLike, y: ArrayLike) -> tuple[Tensor, Tensor]:
-    x, y = _points(x, "x"), _points(y, "y")
+    x, y = as_points(x, "x", upcast_half=True), as_points(y, "y", upcast_half=True)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y have different dimensions: {x.shape[1]} and {y.shape[1]}")
     dtype = torch.promote_types(x.dtype, y.dtype)
@@ -83,20 +66,6 @@ def _weights(w: ArrayLike | None, x: Tensor, name: str) -> Tensor:
     if float(w.sum()) <= 0:
         raise ValueError(f"{name} must have a positive sum")
     return w / w.sum()
-
-
-def _positive(name: str, value: float | None, below: float | None = None) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if below is not None and value >= below:
-        raise ValueError(f"{name} must be below {below}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,13 +251,15 @@ def sinkhorn(
         >>> res.backend, round(res.w2)
         ('sparse', 3)
     """
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {sorted([*BACKENDS, 'auto'])}, got {backend!r}")
+    choice("backend", backend, [*BACKENDS, "auto"])
     if backend in _KEOPS:
         _require_keops(backend)
-    _positive("blur", blur)
-    _positive("scaling", scaling, below=1.0)
-    _positive("tol", tol)
+    if blur is not None:
+        positive("blur", blur)
+    if scaling is not None:
+        positive("scaling", scaling, below=1.0)
+    if tol is not None:
+        positive("tol", tol)
     x, y = _pair(x, y)
     if weights is not None and (not isinstance(weights, (tuple, list)) or len(weights) != 2):
         raise ValueError("weights must be None or a pair (weights of x, weights of y)")
@@ -400,15 +371,14 @@ def w2_floor(
         >>> 0.05 < w2_floor(data) < 0.3
         True
     """
-    x = _points(x, "x")
+    x = as_points(x, "x", upcast_half=True)
     half = x.shape[0] // 2
     n = half if n is None else n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= half:
         raise ValueError(
             f"n must be an integer in [1, {half}] (two disjoint subsets of {x.shape[0]} points), got {n!r}"
         )
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    positive_int("repeats", repeats)
     gen, values = torch.Generator().manual_seed(seed), []
     for _ in range(repeats):
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
