@@ -24,10 +24,5 @@ def _rng(seed: Seed) -> np.random.Generator:
     raise ValueError(f"seed must be an int, numpy.random.Generator or torch.Generator, got {seed!r}")
 
 
-def _check_n(n: int) -> None:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-
-
 def _tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from ._common import Seed, _check_n, _rng, _tensor
+from .._validate import positive_int
+from ._common import Seed, _rng, _tensor
 
 __all__ = ["digits"]
 
@@ -23,7 +24,7 @@ def digits(n: int | None = None, *, seed: Seed) -> Tensor:
         raise ImportError("the digits dataset needs scikit-learn: pip install scikit-learn") from err
     raw = load_digits().data.astype(np.float64)
     if n is not None:
-        _check_n(n)
+        positive_int("n", n)
         if n > raw.shape[0]:
             raise ValueError(f"n must be at most {raw.shape[0]} for digits, got {n}")
     rng = _rng(seed)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import Seed, _check_n, _rng
+from .._validate import positive_int
+from ._common import Seed, _rng
 
 __all__ = ["GaussianMixture"]
 
@@ -53,10 +54,8 @@ class GaussianMixture:
         """A random mixture: means ``N(0, s^2 I)`` with ``s = separation / sqrt(2 dim)`` (so two means
         lie about ``separation`` apart), randomly rotated covariances with standard deviations
         uniform on [0.3, 1], and weights proportional to uniform [0.5, 1.5] numbers."""
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if not isinstance(n_components, int) or n_components < 1:
-            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+        positive_int("dim", dim)
+        positive_int("n_components", n_components)
         rng = np.random.default_rng(seed)
         means = rng.standard_normal((n_components, dim)) * separation / math.sqrt(2 * dim)
         trils = []
@@ -70,7 +69,7 @@ class GaussianMixture:
 
     def sample(self, n: int, *, seed: Seed) -> Tensor:
         """``n`` i.i.d. samples, float32 of shape ``(n, d)``."""
-        _check_n(n)
+        positive_int("n", n)
         rng = _rng(seed)
         idx = rng.choice(len(self.weights), size=n, p=self.weights.numpy())
         eps = torch.from_numpy(rng.standard_normal((n, self.dim)))

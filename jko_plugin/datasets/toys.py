@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import Seed, _check_n, _rng, _tensor
+from .._validate import positive_int
+from ._common import Seed, _rng, _tensor
 
 __all__ = [
     "MOONS_SCALE",
@@ -53,7 +54,7 @@ def two_moons(n: int, *, seed: Seed, noise: float = 0.1, standardize: bool = Fal
     Returns:
         Tensor of shape ``(n, 2)``.
     """
-    _check_n(n)
+    positive_int("n", n)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
     rng = _rng(seed)
@@ -117,7 +118,7 @@ def moons_log_prob(
 
 def circles(n: int, *, seed: Seed, noise: float = 0.08, factor: float = 0.5) -> Tensor:
     """Two concentric circles of radii 3 and ``3 * factor`` (FFJORD's toy), Gaussian noise ``3 * noise``."""
-    _check_n(n)
+    positive_int("n", n)
     rng = _rng(seed)
     radius = np.where(rng.integers(0, 2, size=n) == 0, 1.0, factor)
     angle = rng.uniform(0.0, 2 * math.pi, size=n)
@@ -135,7 +136,7 @@ _EIGHT_STD = 0.5 / 1.414
 
 def eight_gaussians(n: int, *, seed: Seed) -> Tensor:
     """Eight Gaussians of std 0.5/1.414 on the circle of radius 4/1.414 (FFJORD's toy)."""
-    _check_n(n)
+    positive_int("n", n)
     rng = _rng(seed)
     idx = rng.integers(0, 8, size=n)
     return _tensor(_EIGHT_CENTRES[idx] + _EIGHT_STD * rng.standard_normal((n, 2)))
@@ -151,7 +152,7 @@ def eight_gaussians_log_prob(x: Tensor) -> Tensor:
 
 def checkerboard(n: int, *, seed: Seed) -> Tensor:
     """Uniform on the 8 dark squares (side 2) of a 4 x 4 board on ``[-4, 4]^2`` (FFJORD's toy)."""
-    _check_n(n)
+    positive_int("n", n)
     rng = _rng(seed)
     x1 = rng.uniform(-2.0, 2.0, size=n)
     x2 = rng.uniform(0.0, 1.0, size=n) - 2.0 * rng.integers(0, 2, size=n) + np.floor(x1) % 2
@@ -168,7 +169,7 @@ def checkerboard_log_prob(x: Tensor) -> Tensor:
 
 def pinwheel(n: int, *, seed: Seed, arms: int = 5) -> Tensor:
     """Pinwheel with ``arms`` arms (FFJORD's toy: radial std 0.3, tangential std 0.1, rate 0.25)."""
-    _check_n(n)
+    positive_int("n", n)
     rng = _rng(seed)
     rads = np.linspace(0, 2 * math.pi, arms, endpoint=False)
     feats = rng.standard_normal((n, 2)) * np.array([0.3, 0.1])
@@ -181,7 +182,7 @@ def pinwheel(n: int, *, seed: Seed, arms: int = 5) -> Tensor:
 
 def two_spirals(n: int, *, seed: Seed) -> Tensor:
     """Two interleaved spirals (FFJORD's toy), scaled by 1/3 with Gaussian noise 0.1."""
-    _check_n(n)
+    positive_int("n", n)
     rng = _rng(seed)
     r = np.sqrt(rng.uniform(size=n)) * 540 * (2 * math.pi) / 360
     d = np.stack([-np.cos(r) * r, np.sin(r) * r], axis=1) + rng.uniform(size=(n, 2)) * 0.5
