@@ -74,13 +74,17 @@ def as_points(
     *,
     dim: int | None = None,
     dtype: torch.dtype | None = None,
+    upcast_half: bool = False,
 ) -> Tensor:
     """Points ``(n, d)`` from a tensor or array: 2-D, non-empty, finite, floating (detached).
 
-    Integer input becomes float64 (or ``dtype``); ``dtype`` converts the result.
+    Integer input becomes float64 (or ``dtype``); with ``upcast_half``, floats narrower than
+    float32 (float16, bfloat16, float8) become float32; ``dtype`` converts the result.
 
     >>> as_points(np.zeros((3, 2))).shape
     torch.Size([3, 2])
+    >>> as_points(torch.zeros(3, 2, dtype=torch.float16), upcast_half=True).dtype
+    torch.float32
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -96,6 +100,8 @@ def as_points(
     x = x.detach()
     if not x.is_floating_point():
         x = x.to(dtype or torch.float64)
+    elif upcast_half and x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
     bad = ~torch.isfinite(x).all(dim=1)
     if bad.any():
         raise ValueError(f"{name} contains NaN or inf in {int(bad.sum())} of {x.shape[0]} rows")

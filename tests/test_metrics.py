@@ -248,9 +248,9 @@ def test_bad_points_raise_value_error(metric, message):
         ({"weights": (torch.ones(5), torch.full((5,), float("nan")))}, "NaN"),
         ({"weights": torch.ones(5)}, "pair"),
         ({"backend": "keops"}, r"backend must be one of \['auto', 'geomloss', 'multiscale', 'online'"),
-        ({"blur": 0.0}, "blur must be a positive number"),
+        ({"blur": 0.0}, r"blur must be finite and > 0, got 0\.0"),
         ({"scaling": 1.0}, "scaling must be below 1"),
-        ({"tol": -1.0}, "tol must be a positive number"),
+        ({"tol": -1.0}, r"tol must be finite and > 0, got -1\.0"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs, message):

@@ -1,6 +1,10 @@
-r"""Our debiased Sinkhorn solvers behind ``metrics.sinkhorn``: a dense one (cost blocks computed
-on the fly or cached) and a sparse coarse-to-fine one for low dimension, both annealed with GeomLoss's
-formulas and run to a marginal tolerance instead of a fixed number of iterations."""
+r"""Our debiased Sinkhorn solvers behind ``metrics.sinkhorn``: dense, and sparse coarse-to-fine for d <= 3."""
+
+# The dense solver computes its cost blocks on the fly or caches them; the sparse one works on
+# k-d tree neighbourhoods. Both anneal with GeomLoss's formulas and run to a marginal tolerance
+# instead of a fixed number of iterations. The functions that ``wasserstein`` and ``scores`` call
+# keep their leading underscore: this module is private plumbing and ``__all__`` lists only its
+# public constants.
 
 from __future__ import annotations
 
@@ -12,6 +16,19 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
+
+__all__ = [
+    "CACHE_BYTES",
+    "CACHE_MIN_DIM",
+    "CHUNK",
+    "DECIMATE",
+    "DENSE_MAX",
+    "MAX_ITER",
+    "NEIGHBORS",
+    "OMEGA",
+    "SPARSE_MAX_DIM",
+    "TRUNCATE",
+]
 
 MAX_ITER = 2000  # per temperature
 OMEGA = 1.8  # over-relaxation of the cross updates (Thibault, Chizat, Dossal, Papadakis 2021)

@@ -1,4 +1,4 @@
-r"""Sample-quality metrics: W2 from debiased Sinkhorn divergences (GeomLoss), MMD, NLL, inversion error."""
+r"""W2 between samples from debiased Sinkhorn divergences (our solvers or GeomLoss's), with diagnostics."""
 
 from __future__ import annotations
 
@@ -11,26 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._sinkhorn import (
-    CHUNK,
-    DENSE_MAX,
-    SPARSE_MAX_DIM,
-    _diameter,
-    _half_sq_dist,
-    _schedule,
-    _solve_dense,
-    _solve_sparse,
-)
+from .._validate import as_points, choice, positive, positive_int
+from ._solvers import DENSE_MAX, SPARSE_MAX_DIM, _diameter, _schedule, _solve_dense, _solve_sparse
 
 __all__ = [
     "BACKENDS",
-    "MMD_BANDWIDTH_FACTORS",
     "RELATIVE_BLUR",
     "SinkhornResult",
-    "bits_per_dim",
-    "inversion_error",
-    "mmd",
-    "nll",
     "sinkhorn",
     "sinkhorn_divergence",
     "w2_floor",
@@ -48,33 +35,13 @@ DEFAULTS_LOW_DIM = (1e-2, 0.7)
 DEFAULTS_HIGH_DIM = (1e-1, 0.5)
 #: Default scaling of GeomLoss's own solvers, which take one iteration per temperature.
 GEOMLOSS_SCALING = 0.95
-#: Default MMD bandwidths, as multiples of the median pairwise distance.
-MMD_BANDWIDTH_FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
 # ---------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------
-def _points(x: ArrayLike, name: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (n, d); batches are not supported, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    x = x.detach()
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float64 if not x.is_floating_point() else torch.float32)
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(dim=1).sum())
-        raise ValueError(f"{name} contains NaN or inf in {bad} of {x.shape[0]} rows")
-    return x
-
-
 def _pair(x: ArrayLike, y: ArrayLike) -> tuple[Tensor, Tensor]:
-    x, y = _points(x, "x"), _points(y, "y")
+    x, y = as_points(x, "x", upcast_half=True), as_points(y, "y", upcast_half=True)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y have different dimensions: {x.shape[1]} and {y.shape[1]}")
     dtype = torch.promote_types(x.dtype, y.dtype)
@@ -99,20 +66,6 @@ def _weights(w: ArrayLike | None, x: Tensor, name: str) -> Tensor:
     if float(w.sum()) <= 0:
         raise ValueError(f"{name} must have a positive sum")
     return w / w.sum()
-
-
-def _positive(name: str, value: float | None, below: float | None = None) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if below is not None and value >= below:
-        raise ValueError(f"{name} must be below {below}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,13 +251,15 @@ def sinkhorn(
         >>> res.backend, round(res.w2)
         ('sparse', 3)
     """
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {sorted([*BACKENDS, 'auto'])}, got {backend!r}")
+    choice("backend", backend, [*BACKENDS, "auto"])
     if backend in _KEOPS:
         _require_keops(backend)
-    _positive("blur", blur)
-    _positive("scaling", scaling, below=1.0)
-    _positive("tol", tol)
+    if blur is not None:
+        positive("blur", blur)
+    if scaling is not None:
+        positive("scaling", scaling, below=1.0)
+    if tol is not None:
+        positive("tol", tol)
     x, y = _pair(x, y)
     if weights is not None and (not isinstance(weights, (tuple, list)) or len(weights) != 2):
         raise ValueError("weights must be None or a pair (weights of x, weights of y)")
@@ -416,136 +371,17 @@ def w2_floor(
         >>> 0.05 < w2_floor(data) < 0.3
         True
     """
-    x = _points(x, "x")
+    x = as_points(x, "x", upcast_half=True)
     half = x.shape[0] // 2
     n = half if n is None else n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= half:
         raise ValueError(
             f"n must be an integer in [1, {half}] (two disjoint subsets of {x.shape[0]} points), got {n!r}"
         )
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    positive_int("repeats", repeats)
     gen, values = torch.Generator().manual_seed(seed), []
     for _ in range(repeats):
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
         xs, ys = x[perm[:n]], x[perm[n : 2 * n]]
         values.append(wasserstein2(xs, ys, blur=blur, scaling=scaling, backend=backend))
     return float(np.mean(values))
-
-
-def mmd(x: ArrayLike, y: ArrayLike, *, bandwidths: float | tuple[float, ...] | None = None) -> float:
-    r"""Squared maximum mean discrepancy with a Gaussian (mixture) kernel.
-
-    ``MMD^2 = mean k(x_i, x_j) + mean k(y_i, y_j) - 2 mean k(x_i, y_j)`` (the V-statistic: zero
-    for identical sets, never negative) with ``k(u, v) = mean_s exp(-|u - v|^2 / (2 s^2))`` over
-    the bandwidths ``s``. For one value per bandwidth, call once per bandwidth.
-
-    Args:
-        x: Points, shape ``(n, d)``.
-        y: Points, shape ``(m, d)``.
-        bandwidths: A bandwidth or a tuple of them, in data units. Default: the median pairwise
-            distance of the pooled points (of up to 2000 of them) times ``MMD_BANDWIDTH_FACTORS``
-            = (1/8, 1/4, 1/2, 1, 2).
-
-    Returns:
-        ``MMD^2``, a float.
-
-    Raises:
-        ValueError: Bad points (as :func:`sinkhorn`) or a nonpositive bandwidth.
-
-    Example:
-        >>> x = torch.randn(500, 2)
-        >>> mmd(x, x), mmd(x, x + 1.0) > 0.01
-        (0.0, True)
-    """
-    x, y = _pair(x, y)
-    if bandwidths is None:
-        z = torch.cat([x, y])
-        d = torch.pdist(z[:: max(1, z.shape[0] // 2000)])
-        median = float(d.median()) if d.numel() else 0.0
-        bandwidths = tuple(f * median for f in MMD_BANDWIDTH_FACTORS) if median > 0 else (1.0,)
-    bandwidths = (bandwidths,) if isinstance(bandwidths, (int, float)) else tuple(bandwidths)
-    for s in bandwidths:
-        _positive("bandwidths", s)
-    gammas = [0.5 / (s * s) for s in bandwidths]
-
-    def mean_kernel(p: Tensor, q: Tensor) -> float:
-        total, rows = 0.0, max(1, CHUNK // q.shape[0])
-        for s in range(0, p.shape[0], rows):
-            d2 = 2 * _half_sq_dist(p[s : s + rows], q)
-            total += sum(float(torch.exp(-g * d2).sum(dtype=torch.float64)) for g in gammas)
-        return total / (len(gammas) * p.shape[0] * q.shape[0])
-
-    if x.shape == y.shape and torch.equal(x, y):
-        return 0.0
-    return max(mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y), 0.0)
-
-
-def _model_input(model: torch.nn.Module, x: ArrayLike, batch_size: int) -> list[Tensor]:
-    x = _points(x, "x")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    ref = next(iter(model.parameters()), next(iter(model.buffers()), None))
-    x = x if ref is None else x.to(device=ref.device, dtype=ref.dtype)
-    return list(torch.split(x, batch_size))
-
-
-@torch.no_grad()
-def nll(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> float:
-    """Mean negative log-likelihood ``-model.log_prob(x)`` in nats, in batches, without gradients.
-
-    Args:
-        model: Anything with ``log_prob(x) -> (batch,)``, e.g. a ``normflows.NormalizingFlow``
-            (its train/eval mode is left as it is).
-        x: Points, shape ``(n, d)``; moved to the model's device and dtype.
-        batch_size: Rows per ``log_prob`` call.
-
-    Returns:
-        The mean over the rows, a float.
-
-    Raises:
-        ValueError: Bad points or batch size, or a log-likelihood that is not finite.
-    """
-    batches = _model_input(model, x, batch_size)
-    total = sum(float(-model.log_prob(xb).sum(dtype=torch.float64)) for xb in batches)
-    value = total / sum(len(xb) for xb in batches)
-    if not math.isfinite(value):
-        raise ValueError(f"the model's log_prob is not finite on x (mean NLL {value})")
-    return value
-
-
-def bits_per_dim(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> float:
-    """:func:`nll` in bits per dimension, ``nll / (d ln 2)`` (continuous data: no dequantisation).
-
-    Raises:
-        ValueError: As :func:`nll`.
-    """
-    return nll(model, x, batch_size=batch_size) / (_points(x, "x").shape[1] * math.log(2.0))
-
-
-@torch.no_grad()
-def inversion_error(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> float:
-    """Mean Euclidean distance ``|forward(inverse(x)) - x|`` over the rows of ``x``.
-
-    Args:
-        model: A ``normflows.NormalizingFlow`` (``inverse``/``forward`` return points) or one
-            normflows ``Flow`` (they return ``(points, log_det)``). normflows directions:
-            ``inverse`` goes data -> latent.
-        x: Data points, shape ``(n, d)``.
-        batch_size: Rows per pass.
-
-    Returns:
-        The mean distance, a float.
-
-    Raises:
-        ValueError: Bad points or batch size.
-    """
-
-    def points(out: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        return out[0] if isinstance(out, tuple) else out
-
-    batches, total = _model_input(model, x, batch_size), 0.0
-    for xb in batches:
-        back = points(model.forward(points(model.inverse(xb))))
-        total += float((back - xb).norm(dim=-1).sum(dtype=torch.float64))
-    return total / sum(len(xb) for xb in batches)

@@ -1,0 +1,45 @@
+r"""Offline data: 2-D toys, Gaussian mixtures with exact densities, digits, MAF benchmarks, user files."""
+
+from .files import load_samples, train_test_split
+from .images import digits
+from .maf import MAF_DATASETS, MAFSplits, load_maf
+from .mixture import GaussianMixture
+from .registry import DATASETS, Dataset, get_dataset, load_dataset
+from .toys import (
+    MOONS_SCALE,
+    MOONS_SHIFT,
+    checkerboard,
+    checkerboard_log_prob,
+    circles,
+    eight_gaussians,
+    eight_gaussians_log_prob,
+    moons_log_prob,
+    pinwheel,
+    two_moons,
+    two_spirals,
+)
+
+__all__ = [
+    "DATASETS",
+    "MAF_DATASETS",
+    "MOONS_SHIFT",
+    "MOONS_SCALE",
+    "Dataset",
+    "GaussianMixture",
+    "MAFSplits",
+    "checkerboard",
+    "checkerboard_log_prob",
+    "circles",
+    "digits",
+    "eight_gaussians",
+    "eight_gaussians_log_prob",
+    "get_dataset",
+    "load_dataset",
+    "load_maf",
+    "load_samples",
+    "moons_log_prob",
+    "pinwheel",
+    "train_test_split",
+    "two_moons",
+    "two_spirals",
+]

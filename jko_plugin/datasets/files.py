@@ -1,0 +1,63 @@
+r"""A user's samples from ``.npy``/``.csv`` files, and a seeded train/test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._common import Seed, _rng, _tensor
+
+__all__ = ["load_samples", "train_test_split"]
+
+
+def load_samples(path: str | Path) -> Tensor:
+    """A user's samples from a ``.npy`` file or a ``.csv`` file (comma-separated, optional header).
+
+    Returns:
+        Float32 tensor ``(n, d)``.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Unknown suffix, not 2-D, empty, or rows with NaN/inf (their count is given).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".npy", ".csv"):
+        raise ValueError(f"path must end in .npy or .csv, got {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    if path.suffix.lower() == ".npy":
+        data = np.load(path, allow_pickle=False)
+    else:
+        with open(path) as f:
+            first = f.readline().strip()
+        try:
+            [float(v) for v in first.split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1  # a header line (or an empty file, caught below)
+        data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"samples in {str(path)!r} must be a 2-D array (n, d), got shape {data.shape}")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"samples in {str(path)!r} are empty (shape {data.shape})")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"samples in {str(path)!r} must be numeric, got dtype {data.dtype}")
+    bad = int((~np.isfinite(data)).any(axis=1).sum())
+    if bad:
+        raise ValueError(f"samples in {str(path)!r} contain NaN or inf in {bad} of {data.shape[0]} rows")
+    return _tensor(data)
+
+
+def train_test_split(x: Tensor, test_fraction: float = 0.2, *, seed: Seed = 0) -> tuple[Tensor, Tensor]:
+    """Shuffle the rows of ``x`` and split them into ``(train, test)`` with ``test_fraction`` held out."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    n = x.shape[0]
+    n_test = int(round(test_fraction * n))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"test_fraction={test_fraction} of {n} rows leaves an empty part")
+    perm = torch.from_numpy(_rng(seed).permutation(n))
+    return x[perm[n_test:]], x[perm[:n_test]]
