@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from jko_plugin._ops import solver_nfe as nfe
 from jko_plugin.adapters.external import ExternalVelocity
-from jko_plugin.sampling.ode import exact_divergence, ode_log_prob, sample_ode
 from jko_plugin.adapters.flow_matching import (
     FlowMatchingModel,
     TrainingBudget,
@@ -23,7 +21,9 @@ from jko_plugin.adapters.normflows_baselines import (
     sample_flow,
 )
 
+from jko_plugin._ops import solver_nfe as nfe
 from jko_plugin.datasets import two_moons
+from jko_plugin.sampling.ode import exact_divergence, ode_log_prob, sample_ode
 
 M, S = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.6
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from jko_plugin.steps.block import JKOBlock
 from jko_plugin.metrics import (
     BACKENDS,
     bits_per_dim,
@@ -17,6 +16,7 @@ from jko_plugin.metrics import (
     w2_floor,
     wasserstein2,
 )
+from jko_plugin.steps.block import JKOBlock
 from tests.flowcheck import perturb
 
 ot = pytest.importorskip("ot")

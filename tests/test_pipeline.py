@@ -18,9 +18,9 @@ import jko_plugin.sampling.pipeline
 import jko_plugin.sampling.scheduler
 from jko_plugin import JKOBlock, JKOStep
 from jko_plugin.sampling.model import JKOFlowModel
-from jko_plugin.steps.layers import LAYER_TYPES, build_layer, describe_layer
 from jko_plugin.sampling.pipeline import JKOFlowPipeline, JKOFlowPipelineOutput
 from jko_plugin.sampling.scheduler import JKOScheduler
+from jko_plugin.steps.layers import LAYER_TYPES, build_layer, describe_layer
 
 from .flowcheck import perturb
 
@@ -81,7 +81,7 @@ def test_from_normflows_reads_the_steps_intervals_or_needs_a_schedule():
     flow, h = make_flow(("ode", "map", "ode"))  # the map step was never placed on the time axis
     with pytest.raises(ValueError, match="block 2 starts at t = 0.0.*StepSchedule.place"):
         JKOFlowModel.from_normflows(flow)
-    with pytest.raises(ValueError, match="block 1 is placed on \(0.0, 0.25\), the schedule puts it on"):
+    with pytest.raises(ValueError, match=r"block 1 is placed on \(0.0, 0.25\), the schedule puts it on"):
         JKOFlowModel.from_normflows(flow, schedule=[0.3, 0.3, 0.5])
 
 
@@ -157,7 +157,9 @@ def test_bad_model_config_raises():
         JKOFlowModel(dim=DIM, blocks=[ode, ode], step_sizes=[0.5])
     with pytest.raises(ValueError, match="step_sizes\\[0\\]"):
         JKOFlowModel(dim=DIM, blocks=[ode], step_sizes=[0.0])
-    with pytest.raises(ValueError, match="layer type must be one of \\['layer', 'map', 'ode'\\], got 'spline'"):
+    with pytest.raises(
+        ValueError, match="layer type must be one of \\['layer', 'map', 'ode'\\], got 'spline'"
+    ):
         JKOFlowModel(dim=DIM, blocks=[{"type": "spline"}], step_sizes=[0.5])
     with pytest.raises(ValueError, match="has dim 2, the model has dim 3"):
         JKOFlowModel(dim=3, blocks=[ode], step_sizes=[0.5])
@@ -468,3 +470,87 @@ def test_trainer_scheduler_pipeline_end_to_end_on_a_gaussian(block, iterations, 
     if block == "ode":
         before, after = (spread(exact_jko_movements(s.step_sizes)) for s in (schedule, respaced))
         assert after < 0.6 * before, (before, after)
+
+
+# -- one time axis: blocks placed by hand, layers between steps ------------------------------------
+def test_blocks_placed_on_a_schedulers_boundaries_sample_exactly_forward():
+    # As a new user writes it: float32 blocks on JKOScheduler(step_sizes=[0.3, 0.5, 0.8])'s intervals.
+    scheduler = JKOScheduler(step_sizes=[0.3, 0.5, 0.8], steps_per_block=3)
+    blocks = [JKOBlock(DIM, (16,), steps=3, interval=span) for span in scheduler.intervals]
+    for b in blocks:
+        perturb(b, 0.8)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(DIM, trainable=False), blocks[::-1])
+    pipe = quiet(JKOFlowPipeline(model=JKOFlowModel.from_normflows(flow), scheduler=scheduler))
+    assert pipe.model.schedule == scheduler.schedule  # the model took the scheduler's float64 axis
+    z = torch.randn(64, DIM)
+    with torch.no_grad():
+        ref = flow.forward(z)
+    torch.testing.assert_close(pipe(latents=z).samples, ref, rtol=0, atol=1e-6)
+    double = quiet(JKOFlowPipeline(model=JKOFlowModel.from_normflows(flow.double()), scheduler=scheduler))
+    with torch.no_grad():
+        # the only difference: stages at a block's data end are evaluated 1e-9 h inside the block
+        torch.testing.assert_close(
+            double(latents=z.double()).samples, flow.forward(z.double()), rtol=0, atol=1e-9
+        )
+    # a block placed elsewhere is named
+    blocks[1].set_interval(0.3, 0.9)
+    with pytest.raises(ValueError, match="block 3 starts at t = 0.8, but the time axis reaches 0.9"):
+        JKOFlowModel.from_normflows(flow)
+    blocks[2].set_interval(0.9, 1.7)
+    with pytest.raises(ValueError, match="time axis does not match the model's"):
+        JKOFlowPipeline(model=JKOFlowModel.from_normflows(flow), scheduler=scheduler)
+
+
+def flow_with_layers(dtype=torch.float64):
+    """Data side first: ActNorm, ODE block, LU permutation, spline step, ActNorm, ODE block, (latent)."""
+    from jko_plugin.schedule import StepSchedule
+    from jko_plugin.steps.kinds import make_spline_step
+
+    steps = [JKOBlock(DIM, (16,), steps=2), make_spline_step(DIM, hidden=8), JKOBlock(DIM, (16,), steps=2)]
+    StepSchedule((0.4, 0.6, 0.9)).place(steps)
+    data_first = [
+        nf.flows.ActNorm((DIM,)),
+        steps[0],
+        nf.flows.LULinearPermute(DIM, identity_init=False),
+        steps[1],
+        nf.flows.ActNorm((DIM,)),
+        steps[2],
+    ]
+    for layer in data_first:
+        perturb(layer, 0.6)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(DIM, trainable=False), data_first[::-1]).to(dtype)
+    with torch.no_grad():  # ActNorm's data-dependent initialisation, once
+        flow.inverse(torch.randn(64, DIM, dtype=dtype) * 2 + 1)
+    return flow
+
+
+def test_normflows_layers_between_steps_are_layer_events():
+    flow = flow_with_layers()
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow))
+    # boundaries T_0 (ActNorm), T_1 (LU permutation) and T_2 (ActNorm) carry layers
+    assert pipe.model.layer_boundaries == pipe.scheduler.layer_boundaries == (0, 1, 2)
+    assert pipe.model.block_types == pipe.scheduler.block_types == ("ode", "map", "ode")
+    z = torch.randn(32, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        ref = flow.forward(z)
+        torch.testing.assert_close(pipe(latents=z).samples, ref, rtol=0, atol=1e-9)
+        torch.testing.assert_close(pipe.log_prob(ref[:8]), flow.log_prob(ref[:8]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="layer_boundaries"):
+        JKOFlowPipeline(
+            pipe.model, JKOScheduler(step_sizes=[0.4, 0.6, 0.9], block_types=["ode", "map", "ode"])
+        )
+
+
+def test_a_model_with_actnorm_between_blocks_saves_and_reloads_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    flow = flow_with_layers(torch.float32)
+    pipe = quiet(JKOFlowPipeline.from_normflows(flow))
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = quiet(JKOFlowPipeline.from_pretrained(tmp_path / "m"))
+    assert [type(f).__name__ for f in loaded.model.flows] == [type(f).__name__ for f in flow.flows]
+    assert loaded.model.dtype == torch.float32 and loaded.scheduler.layer_boundaries == (0, 1, 2)
+    z = torch.randn(32, DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(latents=z).samples, flow.forward(z), rtol=0, atol=1e-5)
+        x = flow.forward(z)
+        torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x), rtol=0, atol=1e-5)

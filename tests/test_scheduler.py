@@ -7,8 +7,8 @@ import torch
 
 from jko_plugin import JKOBlock
 from jko_plugin._ops import SOLVERS
-from jko_plugin.schedule import StepSchedule
 from jko_plugin.sampling.scheduler import BOUNDARY_EPS, JKOScheduler, JKOSchedulerOutput
+from jko_plugin.schedule import StepSchedule
 
 from .flowcheck import perturb
 

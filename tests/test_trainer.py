@@ -7,6 +7,7 @@ import torch
 
 from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, make_flow
 from jko_plugin.training.history import TrainingHistory, knn_entropy
+from jko_plugin.training.step_fit import StepFitter
 
 from .flowcheck import moons
 
@@ -191,17 +192,17 @@ def test_killed_mid_block_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     x = moons(600)
     flow = make_flow(2, 2, block="ode", hidden=(16,), steps=1)
     trainer = small_trainer(flow, [0.5, 1.0], iterations=20)
-    original = JKOTrainer._train_block
+    original = StepFitter.train
 
-    def dies_in_block_two(self, step, data, h, k, iterations):
+    def dies_in_block_two(self, step, data, h, k, iterations, num_blocks):
         if k == 2:
             raise KeyboardInterrupt
-        return original(self, step, data, h, k, iterations)
+        return original(self, step, data, h, k, iterations, num_blocks)
 
-    monkeypatch.setattr(JKOTrainer, "_train_block", dies_in_block_two)
+    monkeypatch.setattr(StepFitter, "train", dies_in_block_two)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(x, checkpoint_dir=tmp_path)
-    monkeypatch.setattr(JKOTrainer, "_train_block", original)
+    monkeypatch.setattr(StepFitter, "train", original)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["trainer.json", "weights-001.safetensors"]
     torch.manual_seed(5)
@@ -213,7 +214,9 @@ def test_killed_mid_block_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
     x = moons(600)
-    small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(
+        x, checkpoint_dir=tmp_path
+    )
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(FileExistsError, match="resume=True"):
         small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(
@@ -232,7 +235,9 @@ def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
 
 def test_corrupt_or_missing_checkpoint_files_are_named(tmp_path):
     x = moons(600)
-    small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(
+        x, checkpoint_dir=tmp_path
+    )
     weights = tmp_path / "weights-001.safetensors"
     weights.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="weights-001.safetensors"):
@@ -255,18 +260,18 @@ def test_divergence_is_reported_and_checkpoint_kept(tmp_path):
     x = moons(600)
     flow = make_flow(2, 2, block="ode", hidden=(16,), steps=1)
     trainer = small_trainer(flow, [0.5, 1.0], iterations=5)
-    original = JKOTrainer._loss_terms
+    original = StepFitter.loss_terms
 
     def nan_in_block_two(self, step, out, h):
         terms = original(self, step, out, h)
         return (terms[0] * float("nan"), *terms[1:]) if step is flow.flows[0] and step.training else terms
 
-    JKOTrainer._loss_terms = nan_in_block_two
+    StepFitter.loss_terms = nan_in_block_two
     try:
         with pytest.raises(TrainingDiverged, match="block 2 diverged"):
             trainer.fit(x, checkpoint_dir=tmp_path)
     finally:
-        JKOTrainer._loss_terms = original
+        StepFitter.loss_terms = original
     assert json.loads((tmp_path / "trainer.json").read_text())["blocks_trained"] == 1
 
 
@@ -347,3 +352,46 @@ def test_adapt_reparametrize_and_refine():
         small_trainer(make_flow(2, 1), [0.5], adapt=("stretch",))
     with pytest.raises(ValueError, match="JKOBlocks"):
         small_trainer(make_flow(2, 1, block="spline"), [0.5], adapt="refine").fit(x)
+
+
+# -- iteration plans: how many iterations each block gets ----------------------------------------
+def test_fit_follows_an_iteration_plan():
+    class Growing:
+        def iterations(self, block, history):
+            assert len(history.blocks) == block - 1  # the records of the blocks trained so far
+            return 3 * block
+
+    flow = make_flow(2, 2, block="ode", hidden=(8,), steps=1)
+    history = small_trainer(flow, [0.5, 1.0]).fit(moons(300), plan=Growing())
+    assert [b.iterations for b in history.blocks] == [3, 6]
+
+
+def test_time_budget_shares_the_time_left():
+    import time
+
+    from jko_plugin.training import IterationCosts, TimeBudget
+    from jko_plugin.training.history import BlockRecord
+
+    costs = IterationCosts(per_iteration=0.01, per_block=0.5, per_fit=1.0)
+    plan = TimeBudget(10.0, costs, 4, start=time.perf_counter() - 1.0)
+    # 10 s less 1 s spent and 1 s of fit overhead, over 4 blocks: 2 s each, 1.5 s of iterations
+    assert 145 <= plan.iterations(1, TrainingHistory()) <= 150
+    done = TrainingHistory()
+    fields = dict(
+        step_size=0.5, potential=0, neg_log_det=0, transport=0, loss=0, w2_movement=1, movement_ratio=1
+    )
+    fields.update(kl_estimate=0, nll=0, inversion_error=0)
+    done.blocks = [BlockRecord(index=1, seconds=2.5, iterations=100, **fields)]
+    assert plan.seconds_per_iteration(done) == pytest.approx(0.02)  # re-measured: (2.5 - 0.5) / 100
+    assert 1 <= plan.iterations(2, done) <= (8.0 / 3 - 0.5) / 0.02
+    with pytest.raises(ValueError, match="seconds must be finite and > 0"):
+        TimeBudget(0.0, costs, 4)
+
+
+def test_estimate_costs_times_a_copy_and_leaves_the_flow_alone():
+    flow = make_flow(2, 2, block="ode", hidden=(8,), steps=1)
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    costs = small_trainer(flow, [0.5, 1.0]).estimate_costs(moons(300))
+    assert costs.per_iteration > 0 and costs.per_block > 0 and costs.per_fit > 0
+    for k, v in flow.state_dict().items():
+        assert torch.equal(v, before[k]), k

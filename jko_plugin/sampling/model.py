@@ -23,7 +23,7 @@ from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
 from ..steps.layers import build_layer, describe_layer
 from ..steps.map import JKOStep
-from .scheduler import BOUNDARY_EPS
+from ._grid import BOUNDARY_EPS
 
 __all__ = ["JKOFlowModel"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,22 +12,16 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from .._ops import SOLVERS, ButcherTableau
+from .._ops import SOLVERS
 from .._validate import choice, positive, positive_int
 from ..schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from ..steps.base import BLOCK_TYPES
+from ._grid import BOUNDARY_EPS, solver_stages
 
 __all__ = ["BOUNDARY_EPS", "DEFAULT_NUM_BLOCKS", "JKOScheduler", "JKOSchedulerOutput"]
 
-#: A solver stage that evaluates block k at its data-side end ``T_{k-1}`` is given the time
-#: ``T_{k-1} + BOUNDARY_EPS * h_k`` (see ``JKOScheduler``): ``T_{k-1}`` itself belongs to block k-1.
-#: Where a boundary carries a layer event, block stages keep ``BOUNDARY_EPS * h`` away from it.
-BOUNDARY_EPS = 1e-9
 #: Number of blocks of the geometric schedule when neither ``num_blocks`` nor ``step_sizes`` is given.
 DEFAULT_NUM_BLOCKS = 8
-_EULER = SOLVERS["euler"]
-#: A layer event's jump: the model returns the displacement ``x - L(x)``, the scheduler steps by -1.
-_LAYER_JUMP = -1.0
 
 
 @dataclass
@@ -41,23 +34,6 @@ class JKOSchedulerOutput(BaseOutput):
     """
 
     prev_sample: Tensor
-
-
-class _Stage(NamedTuple):
-    time: float  # flow time at which the model is evaluated
-    index: int  # stage index inside the solver step
-    t_start: float  # flow time at the start of the solver step
-    dt: float  # signed step (negative: noise -> data)
-    tableau: ButcherTableau
-
-
-def _shift_off_events(t: float, k: int, bounds: tuple[float, ...], h: float, events: set[int]) -> float:
-    """Move a stage of block k (1-based) off its ends where the end belongs elsewhere."""
-    if t <= bounds[k - 1] and (k > 1 or 0 in events):
-        return bounds[k - 1] + BOUNDARY_EPS * h
-    if t >= bounds[k] and k in events:
-        return bounds[k] - BOUNDARY_EPS * h
-    return t
 
 
 class JKOScheduler(SchedulerMixin, ConfigMixin):
@@ -311,7 +287,7 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
         Raises:
             ValueError: Fewer steps than blocks, or a count that ``"map"`` blocks cannot absorb.
         """
-        steps, bounds = self._schedule.step_sizes, self._schedule.boundaries
+        steps = self._schedule.step_sizes
         ode = [k for k, b in enumerate(self._types) if b == "ode"]
         n_map = self.num_blocks - len(ode)
         counts = [1] * self.num_blocks
@@ -329,23 +305,7 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
             longest = sorted(ode, key=lambda k: -steps[k])[:extra]
             for k in ode:
                 counts[k] = base + (k in longest)
-        solver = SOLVERS[self.config.solver]
-        stages: list[_Stage] = []
-        for k in reversed(range(self.num_blocks)):  # block N (noise side) first
-            t0, t1, h = bounds[k], bounds[k + 1], steps[k]
-            if k + 1 in self._events:
-                stages.append(_Stage(t1, 0, t1, _LAYER_JUMP, _EULER))
-            tab = solver if self._types[k] == "ode" else _EULER
-            dt = -h / counts[k]
-            for i in range(counts[k]):
-                start = t1 + i * dt
-                for j, c in enumerate(tab.c):
-                    t = t0 if (c == 1.0 and i == counts[k] - 1) else start + c * dt
-                    stages.append(
-                        _Stage(_shift_off_events(t, k + 1, bounds, h, self._events), j, start, dt, tab)
-                    )
-        if 0 in self._events:
-            stages.append(_Stage(0.0, 0, 0.0, _LAYER_JUMP, _EULER))
+        stages = solver_stages(self._schedule, self._types, self._events, counts, SOLVERS[self.config.solver])
         self._stages = stages
         self.num_inference_steps = sum(counts)
         dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64

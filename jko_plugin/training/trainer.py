@@ -17,14 +17,15 @@ from tqdm.auto import tqdm
 
 from .._validate import as_points
 from ..schedule import StepSchedule
-from ..steps.base import ProximalStep, Transport
+from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
 from ..steps.kinds import fresh_like, jko_steps
 from .budget import FixedIterations, IterationCosts, IterationPlan
 from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
-from .distributed import DistributedContext, LossTerms, setup, shard, wrap_ddp
+from .distributed import DistributedContext, setup, shard
 from .history import BlockRecord, TrainingHistory, knn_entropy
-from .options import MODEL_OPTIONS, OPTIMIZERS, TrainerOptions, TrainingDiverged
+from .options import MODEL_OPTIONS, TrainerOptions
+from .step_fit import StepFitter
 from .surgery import append_step, drop_steps_after, grow_to, renew_steps
 
 __all__ = ["JKOTrainer"]
@@ -86,6 +87,9 @@ class JKOTrainer:
         self.history = TrainingHistory(options=self._options_dict())
         #: This process's place in a distributed run (set by ``fit``; one process by default).
         self.distributed = DistributedContext()
+
+    def _fitter(self) -> StepFitter:
+        return StepFitter(self.options, self.distributed)
 
     @property
     def step_sizes(self) -> list[float]:
@@ -184,15 +188,17 @@ class JKOTrainer:
         h = self.schedule.step_sizes[0]
         times = []
         with torch.enable_grad():
-            optimizer, params = self._optimizer(step, 8)
+            fitter = self._fitter()
+            optimizer, params = fitter.optimizer(step, 8)
             step.train()
             for _ in range(8):
                 start = time.perf_counter()
-                self._update(self._loss(step, None, x[: self.options.batch_size], h), None, optimizer, params)
+                loss = fitter.loss(step, None, x[: self.options.batch_size], h)
+                fitter.update(loss, None, optimizer, params)
                 times.append(time.perf_counter() - start)
         per_iteration = sorted(times[2:])[len(times[2:]) // 2]  # median after two warm-up iterations
         start = time.perf_counter()
-        self._diagnose(step, x, x_val, h)
+        self._fitter().diagnose(step, x, x_val, h)
         per_block = time.perf_counter() - start
         start = time.perf_counter()
         knn_entropy(x_val)
@@ -237,8 +243,8 @@ class JKOTrainer:
             layer = self.flow.flows[len(self.flow.flows) - 1 - i]  # data side first
             i += 1
             if not isinstance(layer, ProximalStep):
-                data, _ = self._push(layer, data)
-                val, ld = self._push(layer, val)
+                data, _ = self._fitter().push(layer, data)
+                val, ld = self._fitter().push(layer, val)
                 val_log_det = val_log_det + ld
                 continue
             k += 1
@@ -249,8 +255,8 @@ class JKOTrainer:
                 if opts.warm_start and k > 1:
                     _warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
-                self._train_block(layer, data, h, k, iterations)
-            data, sums, val, ld, inv_err = self._diagnose(layer, data, val, h)
+                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks)
+            data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h)
             val_log_det = val_log_det + ld
             if k > done:
                 nlls = -self.flow.q0.log_prob(val) - val_log_det
@@ -272,128 +278,6 @@ class JKOTrainer:
                 append_step(self.flow, seed=opts.seed * 100003 + 50000 + k)
                 self.schedule = self.schedule.extend(self.growth)
                 self.schedule.place(jko_steps(self.flow))
-
-    def _optimizer(self, step: nn.Module, iterations: int) -> tuple[object, list[nn.Parameter]]:
-        opts = self.options
-        params = [p for p in step.parameters() if p.requires_grad]
-        optimizer = OPTIMIZERS[opts.optimizer](params, lr=opts.lr, weight_decay=opts.weight_decay)
-        sched = None
-        if opts.lr_schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
-        return (optimizer, sched), params
-
-    def _loss(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Tensor:
-        if ddp is None:
-            return sum(self._loss_terms(step, step.transport(batch), h))
-        return self.distributed.guard("DDP forward", lambda: ddp(batch)).sum()
-
-    def _update(self, loss: Tensor, ddp: nn.Module | None, optimizer: tuple, params: list) -> None:
-        opt, sched = optimizer
-        opt.zero_grad(set_to_none=True)
-        if ddp is None:
-            loss.backward()
-        else:
-            self.distributed.guard("gradient all-reduce", loss.backward)
-        if self.options.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
-        opt.step()
-        if sched is not None:
-            sched.step()
-
-    def _train_block(self, step: ProximalStep, data: Tensor, h: float, k: int, iterations: int) -> None:
-        opts, ctx = self.options, self.distributed
-        optimizer, params = self._optimizer(step, iterations)
-        # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
-        seed = opts.seed * 100003 + k + 1000003 * ctx.rank
-        gen = torch.Generator().manual_seed(seed)
-        n = data.shape[0]
-        batch_size = opts.batch_size // ctx.world_size  # this rank's share of the global batch
-        order, pos = torch.randperm(n, generator=gen), 0
-        step.train()
-        # DDP averages the gradients over ranks in backward (its construction copies rank 0's weights).
-        ddp = None
-        if ctx.active:
-            ddp = wrap_ddp(LossTerms(step, lambda s, out: self._loss_terms(s, out, h)), ctx, data.device)
-        bar = tqdm(
-            range(iterations),
-            desc=f"block {k}/{self.schedule.num_blocks}",
-            disable=not (opts.progress and ctx.is_main),
-            leave=False,
-        )
-        devices = [data.device.index or 0] if data.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)  # Hutchinson probes, if any
-            for it in bar:
-                if pos + batch_size > n:
-                    order, pos = torch.randperm(n, generator=gen), 0
-                batch = data[order[pos : pos + batch_size].to(data.device)]
-                pos += batch_size
-                loss = self._loss(step, ddp, batch, h)
-                # Decided over all ranks before any backward, so that every rank stops at the same iteration.
-                if not ctx.all_true(bool(torch.isfinite(loss))):
-                    raise TrainingDiverged(
-                        f"block {k} diverged at iteration {it} (loss {loss.item()}); "
-                        "lower lr, set grad_clip, or use more solver steps"
-                    )
-                self._update(loss, ddp, optimizer, params)
-                if it % 25 == 0 or it == iterations - 1:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-
-    def _loss_terms(self, step: ProximalStep, out: Transport, h: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Batch means of ``|T(x)|^2/2``, ``-log|det dT|`` (``nan`` without it) and the proximal
-        transport term."""
-        potential = 0.5 * out.z.square().sum(-1).mean()
-        neg_log_det = -out.log_det.mean() if out.log_det is not None else out.z.new_tensor(math.nan)
-        if self.options.transport_cost == "kinetic" and out.kinetic_energy is not None:
-            cost = out.kinetic_energy * step.duration
-        else:
-            cost = out.sq_displacement
-        return potential, neg_log_det, cost.mean() / (2 * h)
-
-    @torch.no_grad()
-    def _push(self, layer: nn.Module, data: Tensor) -> tuple[Tensor, Tensor]:
-        """``layer.inverse`` (data -> latent) over ``data`` in chunks: points and log-determinants."""
-        layer.eval()
-        outs = [layer.inverse(chunk) for chunk in data.split(self.options.chunk_size)]
-        # e.g. ActNorm returns a scalar log-determinant
-        return torch.cat([z for z, _ in outs]), torch.cat([ld.expand(z.shape[0]) for z, ld in outs])
-
-    @torch.no_grad()
-    def _diagnose(
-        self, step: ProximalStep, data: Tensor, val: Tensor, h: float
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-        """A trained step's pass over the data: ``(T(data), sums of its loss terms, T(val),
-        log-dets on val, inversion error on val)``.
-
-        The training points are pushed without their divergence (one velocity pass per stage
-        instead of ``d + 1``), and ``-log|det|`` is averaged over ``eval_size`` of them: in d = 16
-        the exact divergence over all training points cost half a block's time. The sums
-        (float64, summable over ranks) are those of ``|T(x)|^2/2``, ``-log|det|``, the transport
-        term, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count."""
-        step.eval()
-        inv_err = step.inversion_error(val[: self.options.eval_size])
-        zs, sums, full_log_det = [], torch.zeros(5, dtype=torch.float64), True
-        for chunk in data.split(self.options.chunk_size):
-            out = step.transport(chunk, log_det=False)
-            potential, _, transport = self._loss_terms(step, out, h)
-            full_log_det = full_log_det and out.log_det is not None
-            sums += torch.tensor(
-                [
-                    float(potential) * len(chunk),
-                    -float(out.log_det.sum()) if full_log_det else 0.0,
-                    float(transport) * len(chunk),
-                    float(out.sq_displacement.sum()),
-                    float(out.z.square().sum()),
-                ],
-                dtype=torch.float64,
-            )
-            zs.append(out.z)
-        if not full_log_det:
-            _, ld = step.inverse(data[: self.options.eval_size])
-            sums[1] = -ld.double().mean() * data.shape[0]
-        sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
-        val_z, val_ld = self._push(step, val)
-        return torch.cat(zs), sums, val_z, val_ld, inv_err
 
     def _record(
         self, k: int, h: float, sums: Tensor, nlls: Tensor, inv_err: float, seconds: float, iterations: int

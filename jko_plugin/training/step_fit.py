@@ -1,0 +1,153 @@
+r"""Training one JKO step on its proximal loss, and measuring the trained step on the data."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..steps.base import ProximalStep, Transport
+from .distributed import DistributedContext, LossTerms, wrap_ddp
+from .options import OPTIMIZERS, TrainerOptions, TrainingDiverged
+
+__all__ = ["StepFitter"]
+
+
+class StepFitter:
+    """Fits one JKO step ``T`` on ``E[|T(x)|^2/2 - log|det dT(x)| + |T(x) - x|^2 / (2 h)]`` and
+    measures it; ``JKOTrainer`` calls it once per block.
+
+    Args:
+        options: The trainer's options (optimizer, learning rate, batch, chunk and eval sizes, ...).
+        ctx: This process's place in a distributed run.
+    """
+
+    def __init__(self, options: TrainerOptions, ctx: DistributedContext) -> None:
+        self.options, self.ctx = options, ctx
+
+    def optimizer(self, step: nn.Module, iterations: int) -> tuple[object, list[nn.Parameter]]:
+        opts = self.options
+        params = [p for p in step.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[opts.optimizer](params, lr=opts.lr, weight_decay=opts.weight_decay)
+        sched = None
+        if opts.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+        return (optimizer, sched), params
+
+    def loss(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Tensor:
+        if ddp is None:
+            return sum(self.loss_terms(step, step.transport(batch), h))
+        return self.ctx.guard("DDP forward", lambda: ddp(batch)).sum()
+
+    def update(self, loss: Tensor, ddp: nn.Module | None, optimizer: tuple, params: list) -> None:
+        opt, sched = optimizer
+        opt.zero_grad(set_to_none=True)
+        if ddp is None:
+            loss.backward()
+        else:
+            self.ctx.guard("gradient all-reduce", loss.backward)
+        if self.options.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+    def train(
+        self, step: ProximalStep, data: Tensor, h: float, k: int, iterations: int, num_blocks: int
+    ) -> None:
+        """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``."""
+        opts, ctx = self.options, self.ctx
+        optimizer, params = self.optimizer(step, iterations)
+        # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
+        seed = opts.seed * 100003 + k + 1000003 * ctx.rank
+        gen = torch.Generator().manual_seed(seed)
+        n = data.shape[0]
+        batch_size = opts.batch_size // ctx.world_size  # this rank's share of the global batch
+        order, pos = torch.randperm(n, generator=gen), 0
+        step.train()
+        # DDP averages the gradients over ranks in backward (its construction copies rank 0's weights).
+        ddp = None
+        if ctx.active:
+            ddp = wrap_ddp(LossTerms(step, lambda s, out: self.loss_terms(s, out, h)), ctx, data.device)
+        bar = tqdm(
+            range(iterations),
+            desc=f"block {k}/{num_blocks}",
+            disable=not (opts.progress and ctx.is_main),
+            leave=False,
+        )
+        devices = [data.device.index or 0] if data.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # Hutchinson probes, if any
+            for it in bar:
+                if pos + batch_size > n:
+                    order, pos = torch.randperm(n, generator=gen), 0
+                batch = data[order[pos : pos + batch_size].to(data.device)]
+                pos += batch_size
+                loss = self.loss(step, ddp, batch, h)
+                # Decided over all ranks before any backward, so that every rank stops at the same iteration.
+                if not ctx.all_true(bool(torch.isfinite(loss))):
+                    raise TrainingDiverged(
+                        f"block {k} diverged at iteration {it} (loss {loss.item()}); "
+                        "lower lr, set grad_clip, or use more solver steps"
+                    )
+                self.update(loss, ddp, optimizer, params)
+                if it % 25 == 0 or it == iterations - 1:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+    def loss_terms(self, step: ProximalStep, out: Transport, h: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch means of ``|T(x)|^2/2``, ``-log|det dT|`` (``nan`` without it) and the proximal
+        transport term."""
+        potential = 0.5 * out.z.square().sum(-1).mean()
+        neg_log_det = -out.log_det.mean() if out.log_det is not None else out.z.new_tensor(math.nan)
+        if self.options.transport_cost == "kinetic" and out.kinetic_energy is not None:
+            cost = out.kinetic_energy * step.duration
+        else:
+            cost = out.sq_displacement
+        return potential, neg_log_det, cost.mean() / (2 * h)
+
+    @torch.no_grad()
+    def push(self, layer: nn.Module, data: Tensor) -> tuple[Tensor, Tensor]:
+        """``layer.inverse`` (data -> latent) over ``data`` in chunks: points and log-determinants."""
+        layer.eval()
+        outs = [layer.inverse(chunk) for chunk in data.split(self.options.chunk_size)]
+        # e.g. ActNorm returns a scalar log-determinant
+        return torch.cat([z for z, _ in outs]), torch.cat([ld.expand(z.shape[0]) for z, ld in outs])
+
+    @torch.no_grad()
+    def diagnose(
+        self, step: ProximalStep, data: Tensor, val: Tensor, h: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+        """A trained step's pass over the data: ``(T(data), sums of its loss terms, T(val),
+        log-dets on val, inversion error on val)``.
+
+        The training points are pushed without their divergence (one velocity pass per stage
+        instead of ``d + 1``), and ``-log|det|`` is averaged over ``eval_size`` of them: in d = 16
+        the exact divergence over all training points cost half a block's time. The sums
+        (float64, summable over ranks) are those of ``|T(x)|^2/2``, ``-log|det|``, the transport
+        term, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count."""
+        step.eval()
+        inv_err = step.inversion_error(val[: self.options.eval_size])
+        zs, sums, full_log_det = [], torch.zeros(5, dtype=torch.float64), True
+        for chunk in data.split(self.options.chunk_size):
+            out = step.transport(chunk, log_det=False)
+            potential, _, transport = self.loss_terms(step, out, h)
+            full_log_det = full_log_det and out.log_det is not None
+            sums += torch.tensor(
+                [
+                    float(potential) * len(chunk),
+                    -float(out.log_det.sum()) if full_log_det else 0.0,
+                    float(transport) * len(chunk),
+                    float(out.sq_displacement.sum()),
+                    float(out.z.square().sum()),
+                ],
+                dtype=torch.float64,
+            )
+            zs.append(out.z)
+        if not full_log_det:
+            _, ld = step.inverse(data[: self.options.eval_size])
+            sums[1] = -ld.double().mean() * data.shape[0]
+        sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
+        val_z, val_ld = self.push(step, val)
+        return torch.cat(zs), sums, val_z, val_ld, inv_err

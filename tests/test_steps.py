@@ -1,0 +1,144 @@
+"""The step contract, one parametrised test for every kind: JKOBlock, spline JKOStep, hand-made JKOStep."""
+
+import json
+
+import normflows as nf
+import pytest
+import torch
+
+from jko_plugin import STEP_KINDS, JKOBlock, JKOStep, ProximalStep, make_flow
+from jko_plugin.steps import flow_nfe
+from jko_plugin.steps.kinds import make_spline_step
+from jko_plugin.steps.layers import layer_nfe
+
+from .flowcheck import check_flow, perturb
+
+DIM = 3
+
+
+def ode_block():
+    return JKOBlock(DIM, (16,), steps=3)
+
+
+def spline_step():
+    return make_spline_step(DIM, layers=2, hidden=8)
+
+
+def hand_made_step():
+    return JKOStep(
+        [nf.flows.LULinearPermute(DIM), nf.flows.CoupledRationalQuadraticSpline(DIM, 1, 8)], dim=DIM
+    )
+
+
+KINDS = {"ode": ode_block, "spline": spline_step, "map": hand_made_step}
+
+
+def placed(make, t0=0.5, t1=1.25):
+    step = make().double()
+    perturb(step, 0.6)
+    step.set_interval(t0, t1)
+    return step
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_contract(kind):
+    step = placed(KINDS[kind])
+    assert isinstance(step, ProximalStep) and step.kind == kind and step.dim == DIM
+    assert step.block_type == ("ode" if kind == "ode" else "map")
+    assert step.time_interval == (0.5, 1.25) and step.duration == 0.75
+    x = torch.randn(16, DIM, dtype=torch.float64)
+    check_flow(step, x, atol=1e-8 if kind != "ode" else 1e-5)
+    # transport: the data -> latent pass with the JKO loss terms, from the same map
+    out = step.transport(x)
+    z, ld = step.inverse(x)
+    torch.testing.assert_close(out.z, z)
+    torch.testing.assert_close(out.log_det, ld)
+    torch.testing.assert_close(out.sq_displacement, (z - x).square().sum(-1))
+    with torch.no_grad():
+        back = step.forward(step.inverse(x)[0])[0]
+    assert step.inversion_error(x) == pytest.approx(float((back - x).norm(dim=-1).mean()))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_config_rebuilds_the_step(kind):
+    step = placed(KINDS[kind])
+    config = json.loads(json.dumps(step.config()))  # JSON all the way
+    fresh = type(step).from_config(config).double()
+    assert type(fresh) is type(step) and fresh.kind == step.kind
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in step.state_dict().items()
+    }
+    fresh.load_state_dict(step.state_dict())
+    fresh.set_interval(*step.time_interval)
+    z = torch.randn(8, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(step(z), fresh(z)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_nfe_counts_the_network_passes_of_forward(kind):
+    step = placed(KINDS[kind])
+    calls = []
+    if kind == "ode":
+        # one velocity evaluation = one call of the MLP's output layer
+        hooks = [step.velocity.layers[-1].register_forward_hook(lambda *a: calls.append(1))]
+    else:
+        hooks = []
+        for layer in step.flows:
+            net = getattr(getattr(layer, "mprqat", None), "autoregressive_net", None)
+            net = net or getattr(getattr(layer, "prqct", None), "transform_net", None)
+            if net is not None:
+                hooks.append(net.register_forward_hook(lambda *a: calls.append(1)))
+    with torch.no_grad():
+        step.forward(torch.randn(4, DIM, dtype=torch.float64))
+    for h in hooks:
+        h.remove()
+    assert len(calls) == step.nfe == layer_nfe(step, DIM)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_velocity_at_is_what_a_sampler_integrates(kind):
+    step = placed(KINDS[kind])
+    t0, t1 = step.time_interval
+    x = torch.randn(8, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        target = step.forward(x)[0]
+        if kind == "ode":
+            # RK4 in flow time from t1 down to t0 with the block's own number of steps = forward
+            y, n = x, step.steps
+            dt = -(t1 - t0) / n
+            for i in range(n):
+                t = t1 + i * dt
+                k1 = step.velocity_at(y, t)
+                k2 = step.velocity_at(y + dt / 2 * k1, t + dt / 2)
+                k3 = step.velocity_at(y + dt / 2 * k2, t + dt / 2)
+                k4 = step.velocity_at(y + dt * k3, t + dt)
+                y = y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            torch.testing.assert_close(y, target, rtol=0, atol=1e-12)
+        else:
+            # one Euler jump of -h from t1 lands on the map
+            torch.testing.assert_close(x - (t1 - t0) * step.velocity_at(x, t1), target, rtol=0, atol=1e-12)
+            with pytest.raises(ValueError, match="defined at t = 1.25 only"):
+                step.velocity_at(x, 0.9)
+
+
+def test_registry_builds_every_kind_through_make_flow():
+    for name, kind in STEP_KINDS.items():
+        flow = make_flow(2, 2, block=name)
+        assert all(f.kind == name for f in flow.flows)
+        assert kind.run_defaults["num_blocks"] >= 1
+    with pytest.raises(ValueError, match="block must be one of \\['ode', 'spline'\\], got 'flow'"):
+        make_flow(2, 2, block="flow")
+    with pytest.raises(ValueError, match="bad options \\['steps'\\] for block='spline'"):
+        make_flow(2, 2, block="spline", steps=3)
+
+
+def test_flow_nfe_sums_the_layers():
+    flow = make_flow(2, 3, block="ode", hidden=(8,), steps=2)
+    assert flow_nfe(flow) == 3 * 2 * 4
+    flow.flows.insert(1, nf.flows.ActNorm(2))
+    assert flow_nfe(flow) == 24
+    flow.flows.insert(1, nf.flows.Planar((2,)))
+    with pytest.raises(ValueError, match="cannot count the network evaluations of a Planar layer"):
+        flow_nfe(flow)

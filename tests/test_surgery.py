@@ -1,0 +1,68 @@
+"""Flow surgery: adding, dropping and renewing JKO steps keeps every other layer where it is."""
+
+import normflows as nf
+import pytest
+import torch
+
+from jko_plugin import JKOBlock, JKOStep, jko_steps, make_flow
+from jko_plugin.training.surgery import append_step, drop_steps_after, grow_to, renew_steps
+
+
+def kinds(flow):
+    """The layers data side first: 'S' for a JKO step, 'A' for an ActNorm."""
+    return "".join("A" if isinstance(f, nf.flows.ActNorm) else "S" for f in reversed(flow.flows))
+
+
+def flow_with_actnorm(block="ode"):
+    opts = {"hidden": (8,), "steps": 1} if block == "ode" else {"hidden": 8, "layers": 1}
+    flow = make_flow(2, 3, block=block, **opts)
+    flow.flows.insert(1, nf.flows.ActNorm(2))  # between step 2 and step 3 (data side first)
+    return flow
+
+
+@pytest.mark.parametrize("block", ["ode", "spline"])
+def test_append_grow_drop(block):
+    flow = flow_with_actnorm(block)
+    assert kinds(flow) == "SSAS"
+    last = jko_steps(flow)[-1]
+    new = append_step(flow, seed=7)
+    assert kinds(flow) == "SSASS" and jko_steps(flow)[-1] is new and flow.flows[0] is new
+    assert type(new) is type(last) and new.kind == last.kind
+    # fresh weights, reproducible from the seed
+    again = append_step(
+        make_flow(
+            2,
+            1,
+            block=block,
+            **({"hidden": (8,), "steps": 1} if block == "ode" else {"hidden": 8, "layers": 1}),
+        ),
+        seed=7,
+    )
+    for a, b in zip(new.state_dict().values(), again.state_dict().values()):
+        if a.dtype.is_floating_point and a.numel() > 2:
+            torch.testing.assert_close(a, b)
+    grow_to(flow, 6, seed=0)
+    assert kinds(flow) == "SSASSSS"
+    drop_steps_after(flow, 2)
+    assert kinds(flow) == "SSA"
+    assert len(jko_steps(flow)) == 2
+
+
+def test_renew_replaces_every_step_and_keeps_the_layers():
+    flow = flow_with_actnorm()
+    old = jko_steps(flow)
+    actnorm = flow.flows[1]
+    renew_steps(flow, 5, seed=3)
+    new = jko_steps(flow)
+    assert kinds(flow) == "SSASSS" and flow.flows[3] is actnorm
+    assert len(new) == 5 and not any(a is b for a in old for b in new)
+    assert all(isinstance(s, JKOBlock) and s.hidden == (8,) for s in new)
+    renew_steps(flow, 2, seed=3)
+    assert kinds(flow) == "SSA"
+
+
+def test_a_step_that_cannot_be_rebuilt_is_refused_with_a_clear_error():
+    step = JKOStep([nf.flows.Planar((2,))], dim=2)
+    flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2), [step])
+    with pytest.raises(ValueError, match="cannot add or renew JKO steps like this JKOStep.*Planar"):
+        append_step(flow, seed=0)
