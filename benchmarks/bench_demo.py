@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from geomloss import SamplesLoss
 
 from jko_plugin.datasets import two_moons
 from jko_plugin.metrics import wasserstein2
 from jko_plugin.workflows import default_config, train_flow
-
 
 _SINKHORN = SamplesLoss("sinkhorn", p=2, blur=0.01, scaling=0.9, backend="tensorized")
 
@@ -52,7 +50,7 @@ def main():
         floor_g, gauss_g = w2_geomloss(x_other, x_test), w2_geomloss(gaussian, x_test)
         for block in args.blocks:
             config = default_config(block, seed=seed)
-            flow, history, seconds = train_flow(x_train, x_test, config, progress=False)
+            flow, history, seconds, _ = train_flow(x_train, x_test, config, progress=False)
             start = time.perf_counter()
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 training step spent communicating.
 
 Trains the demo's ODE block (hidden (64, 64), 2 RK4 steps) on standardised two moons with a
-global batch of 512, timing each block's training loop (``JKOTrainer._train_block``: batches,
+global batch of 512, timing each block's training loop (``StepFitter.train``: batches,
 forward, backward, DDP all-reduce, optimizer), and reports samples per second per block:
   1 proc x 1 thread     the single-process baseline on one core
   1 proc x 2 threads    the single-process baseline on both cores (intra-op threads)
@@ -30,6 +30,8 @@ import torch.multiprocessing as mp
 from jko_plugin import make_flow
 from jko_plugin.datasets import two_moons
 from jko_plugin.training.distributed import LossTerms, wrap_ddp
+from jko_plugin.training.options import TrainerOptions
+from jko_plugin.training.step_fit import StepFitter
 from jko_plugin.training.trainer import JKOTrainer
 
 HS = [0.5, 0.7]
@@ -45,17 +47,20 @@ def timed_fit(iters: int, seed: int) -> list[float]:
         flow, HS, iterations=iters, batch_size=BATCH, progress=False, seed=seed, eval_size=500
     )
     times = []
-    inner = trainer._train_block
+    inner = StepFitter.train
 
-    def timed(*args: object) -> None:
-        if trainer.distributed.active:
+    def timed(self: StepFitter, *args: object) -> None:
+        if self.ctx.active:
             dist.barrier()
         start = time.perf_counter()
-        inner(*args)
+        inner(self, *args)
         times.append(time.perf_counter() - start)
 
-    trainer._train_block = timed
-    trainer.fit(x)
+    StepFitter.train = timed
+    try:
+        trainer.fit(x)
+    finally:
+        StepFitter.train = inner
     return times
 
 
@@ -67,8 +72,8 @@ def comm_share(iters: int) -> dict:
     x = torch.as_tensor(two_moons(20000, seed=ctx.rank, noise=0.05, standardize=True)).float()
     torch.manual_seed(0)
     step = make_flow(2, 1, block="ode", hidden=(64, 64), steps=2).flows[0]
-    trainer = JKOTrainer([step], [0.5], progress=False)
-    ddp = wrap_ddp(LossTerms(step, lambda s, out: trainer._loss_terms(s, out, 0.5)), ctx, torch.device("cpu"))
+    fitter = StepFitter(TrainerOptions(progress=False), ctx)
+    ddp = wrap_ddp(LossTerms(step, lambda s, out: fitter.loss_terms(s, out, 0.5)), ctx, torch.device("cpu"))
     opt = torch.optim.Adam(step.parameters(), lr=1e-3)
     local = BATCH // ctx.world_size
     g = torch.Generator().manual_seed(ctx.rank)
@@ -174,7 +179,7 @@ def main() -> None:
         "machine": f"{cpu}, {os.cpu_count()} cores (shared), torch {torch.__version__}",
         "gpu": "none: no GPU machine was lent to this task, so no NCCL figures",
         "config": {
-            "model": "make_flow(2, 2, block="ode", hidden=(64, 64), steps=2), float32",
+            "model": "make_flow(2, 2, block='ode', hidden=(64, 64), steps=2), float32",
             "data": "two_moons(20000), standardised",
             "global_batch": BATCH,
             "iterations_per_block": args.iters,

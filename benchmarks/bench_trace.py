@@ -17,14 +17,14 @@ from unittest import mock
 
 import torch
 
-import jko_plugin.compare as compare_module
+from jko_plugin.compare import METHODS, compare
 from jko_plugin.workflows import default_config
 
 
 def run(dim: int, trace: str, budget: float, seed: int) -> dict:
     config = default_config("ode", seed=seed, trace=trace)
-    with mock.patch.object(compare_module, "_jko_config", lambda method, d, s: config):
-        (rec,) = compare_module.compare(
+    with mock.patch.object(METHODS["jko"], "config", lambda d, s: config):
+        (rec,) = compare(
             f"gmm{dim}", "jko", budget_seconds=budget, seed=seed, w2_points=2000, num_samples=2000
         )
     return {

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._validate import positive, positive_int
 
-__all__ = ["GEOMETRIC_GROWTH", "GEOMETRIC_H0", "StepSchedule"]
+__all__ = ["GEOMETRIC_GROWTH", "GEOMETRIC_H0", "OnStepSchedule", "StepSchedule"]
 
 #: The geometric rule's defaults, ``h_k = GEOMETRIC_H0 * GEOMETRIC_GROWTH**(k-1)``: the ratio is
 #: JKO-iFlow's (Xu, Cheng, Xie 2023, who start at 0.25); starting at 0.5 trained the 2-D demo
@@ -227,3 +227,40 @@ class StepSchedule:
             new.append(bounds[k - 1] + (target - cum[k - 1]) * self.step_sizes[k - 1] / m[k - 1])
         new.append(bounds[-1])
         return StepSchedule(tuple(b - a for a, b in zip(new[:-1], new[1:])))
+
+
+class OnStepSchedule:
+    """Read-only views of the ``StepSchedule`` an object holds in ``_schedule`` (the scheduler and
+    the diffusers model), so that each asks the one owner of the time axis."""
+
+    _schedule: StepSchedule
+
+    @property
+    def schedule(self) -> StepSchedule:
+        """The time axis: step sizes ``h_k`` and boundaries ``T_k``."""
+        return self._schedule
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of JKO steps N."""
+        return self._schedule.num_blocks
+
+    @property
+    def step_sizes(self) -> tuple[float, ...]:
+        """``(h_1, ..., h_N)``, data side first."""
+        return self._schedule.step_sizes
+
+    @property
+    def boundaries(self) -> tuple[float, ...]:
+        """``(T_0 = 0, T_1, ..., T_N)``; block k occupies ``[T_{k-1}, T_k]``."""
+        return self._schedule.boundaries
+
+    @property
+    def intervals(self) -> tuple[tuple[float, float], ...]:
+        """``((T_0, T_1), ..., (T_{N-1}, T_N))``, data side first."""
+        return self._schedule.intervals
+
+    @property
+    def proximal_weights(self) -> tuple[float, ...]:
+        """``1 / (2 h_k)``: the weight of ``|T(x) - x|^2`` in block k's JKO loss."""
+        return self._schedule.proximal_weights

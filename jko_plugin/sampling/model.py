@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .._ops import standard_normal_log_prob
 from .._validate import check_batch, choice, positive_int
-from ..schedule import FLOAT32_RTOL, StepSchedule
+from ..schedule import FLOAT32_RTOL, OnStepSchedule, StepSchedule
 from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
 from ..steps.layers import build_layer, describe_layer
@@ -56,7 +56,7 @@ def _build(spec: dict, dim: int) -> Flow:
     return step
 
 
-class JKOFlowModel(ModelMixin, ConfigMixin):
+class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
     r"""A JKO flow's layers as one diffusers model: ``forward(sample, timestep)`` is the velocity ``dx/dt``.
 
     JKO step k (k = 1 is the data side) lives on ``[T_{k-1}, T_k]`` of the model's time axis (its
@@ -120,26 +120,6 @@ class JKOFlowModel(ModelMixin, ConfigMixin):
     def steps(self) -> list[ProximalStep]:
         """The JKO steps, data side first (step k is ``steps[k - 1]``)."""
         return [f for f in reversed(self.flows) if isinstance(f, ProximalStep)]
-
-    @property
-    def schedule(self) -> StepSchedule:
-        """The time axis: step sizes ``h_k`` and boundaries ``T_k``."""
-        return self._schedule
-
-    @property
-    def num_blocks(self) -> int:
-        """Number of JKO steps N."""
-        return self._schedule.num_blocks
-
-    @property
-    def step_sizes(self) -> tuple[float, ...]:
-        """``(h_1, ..., h_N)``, data side first."""
-        return self._schedule.step_sizes
-
-    @property
-    def boundaries(self) -> tuple[float, ...]:
-        """``(T_0 = 0, ..., T_N)``."""
-        return self._schedule.boundaries
 
     @property
     def block_types(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .._ops import SOLVERS
 from .._validate import choice, positive, positive_int
-from ..schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
+from ..schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, OnStepSchedule, StepSchedule
 from ..steps.base import BLOCK_TYPES
 from ._grid import BOUNDARY_EPS, solver_stages
 
@@ -36,7 +36,7 @@ class JKOSchedulerOutput(BaseOutput):
     prev_sample: Tensor
 
 
-class JKOScheduler(SchedulerMixin, ConfigMixin):
+class JKOScheduler(OnStepSchedule, SchedulerMixin, ConfigMixin):
     r"""Time grid of a JKO flow's N proximal steps, and the reverse-time solver that samples it.
 
     Block k (k = 1 is the data side) performs the JKO step with step size ``h_k`` and occupies the
@@ -170,36 +170,6 @@ class JKOScheduler(SchedulerMixin, ConfigMixin):
         return cls(step_sizes=list(StepSchedule.coerce(schedule).step_sizes), **config)
 
     # -- the schedule ------------------------------------------------------------------------
-    @property
-    def schedule(self) -> StepSchedule:
-        """The time axis: step sizes and boundaries."""
-        return self._schedule
-
-    @property
-    def num_blocks(self) -> int:
-        """Number of blocks N."""
-        return self._schedule.num_blocks
-
-    @property
-    def step_sizes(self) -> tuple[float, ...]:
-        """``(h_1, ..., h_N)``, data side first."""
-        return self._schedule.step_sizes
-
-    @property
-    def boundaries(self) -> tuple[float, ...]:
-        """``(T_0 = 0, T_1, ..., T_N)``; block k occupies ``[T_{k-1}, T_k]``."""
-        return self._schedule.boundaries
-
-    @property
-    def intervals(self) -> tuple[tuple[float, float], ...]:
-        """``((T_0, T_1), ..., (T_{N-1}, T_N))``, data side first."""
-        return self._schedule.intervals
-
-    @property
-    def proximal_weights(self) -> tuple[float, ...]:
-        """``1 / (2 h_k)``: the weight of ``|T(x) - x|^2`` in block k's JKO loss."""
-        return self._schedule.proximal_weights
-
     @property
     def block_types(self) -> tuple[str, ...]:
         """``"ode"`` or ``"map"`` per block, data side first."""

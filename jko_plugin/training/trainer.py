@@ -136,6 +136,7 @@ class JKOTrainer:
         """
         opts = self.options
         plan = plan if plan is not None else FixedIterations(opts.iterations)
+        self.history = TrainingHistory(options=self._options_dict())  # a fit starts afresh (or resumes)
         device = torch.device(opts.device) if opts.device else next(self.flow.parameters()).device
         ctx = self.distributed = setup(backend=opts.backend, device=device, timeout=opts.dist_timeout)
         if ctx.backend == "nccl" and opts.device is None:
