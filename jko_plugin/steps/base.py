@@ -9,6 +9,8 @@ import torch
 from normflows.flows import Flow
 from torch import Tensor
 
+from .._validate import positive_int
+
 __all__ = ["BLOCK_TYPES", "ProximalStep", "Transport"]
 
 #: How a step moves points along the time axis: ``"ode"``, the flow of a velocity field over its
@@ -58,9 +60,7 @@ class ProximalStep(Flow):
 
     def __init__(self, dim: int, kind: str) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        self.dim = dim
+        self.dim = positive_int("dim", dim)
         self.kind = kind
 
     # -- to be provided by each kind ---------------------------------------------------------

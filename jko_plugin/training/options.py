@@ -2,12 +2,11 @@ r"""The options of ``JKOTrainer``: one frozen dataclass, checked at construction
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from .._validate import choice
+from .._validate import choice, positive, positive_int
 from .distributed import BACKENDS
 
 __all__ = [
@@ -126,16 +125,11 @@ class TrainerOptions:
         for a in self.adapt:
             choice("adapt", a, ADAPTATIONS)
         for name in ("iterations", "batch_size", "chunk_size", "eval_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            positive_int(name, getattr(self, name))
         for name in ("lr", "tol", "dist_timeout"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if self.growth is not None and not self.growth > 0:
-            raise ValueError(f"growth must be positive or None, got {self.growth!r}")
-        if self.max_blocks is not None and (not isinstance(self.max_blocks, int) or self.max_blocks < 1):
-            raise ValueError(f"max_blocks must be a positive integer or None, got {self.max_blocks!r}")
+            positive(name, getattr(self, name))
+        for name in ("grad_clip", "growth"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name))
+        if self.max_blocks is not None:
+            positive_int("max_blocks", self.max_blocks)
