@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "hutchinson's cheaper iterations trained better at equal time (BENCHMARKS.md s.4)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-standardize",
+        dest="standardize",
+        action="store_false",
+        help="train on the data as it is (default: a Standardize layer fitted on the training split)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -51,7 +58,9 @@ def _overrides(args: argparse.Namespace) -> dict:
         "solver_steps": "steps",
         "trace": "trace",
     }
-    return {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    out["standardize"] = getattr(args, "standardize", True)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,10 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    # A command-line user reads the advice, not the file and line that raised it.
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _figure_class() -> type:
 def scatter_panels(
     panels: Sequence[tuple[str, Tensor]],
     *,
-    limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    limits: object = None,
     title: str | None = None,
     max_points: int = 4000,
     path: str | Path | None = None,
@@ -33,8 +33,9 @@ def scatter_panels(
 
     Args:
         panels: ``(title, points (n, d >= 2))`` pairs.
-        limits: ``((xmin, xmax), (ymin, ymax))`` shared by all panels (default: the first panel's
-            0.5%-99.5% quantiles, widened by 0.5).
+        limits: ``((xmin, xmax), (ymin, ymax))`` shared by all panels, or a list of them (one per
+            panel; ``None`` entries take the default), default: the first panel's 0.5%-99.5%
+            quantiles, widened by 0.5.
         title: Figure title.
         max_points: Points drawn per panel at most.
         path: Also save the figure there (PNG, 110 dpi).
@@ -45,19 +46,20 @@ def scatter_panels(
     figure = _figure_class()
     if not panels:
         raise ValueError("panels must hold at least one (title, points) pair")
-    if limits is None:
-        ref = panels[0][1][:, :2].detach().float().cpu()
-        lo = (ref.quantile(0.005, dim=0) - 0.5).tolist()
-        hi = (ref.quantile(0.995, dim=0) + 0.5).tolist()
-        limits = ((lo[0], hi[0]), (lo[1], hi[1]))
+    ref = panels[0][1][:, :2].detach().float().cpu()
+    lo = (ref.quantile(0.005, dim=0) - 0.5).tolist()
+    hi = (ref.quantile(0.995, dim=0) + 0.5).tolist()
+    default = ((lo[0], hi[0]), (lo[1], hi[1]))
+    per_panel = isinstance(limits, list)
     fig = figure(figsize=(2.6 * len(panels), 2.9 if title else 2.8))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, pts) in zip(axes, panels):
+    for i, (ax, (name, pts)) in enumerate(zip(axes, panels)):
+        box = (limits[i] if per_panel else limits) or default
         pts = pts[:max_points].detach().cpu()
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
         ax.set_title(name, fontsize=9)
-        ax.set_xlim(*limits[0])
-        ax.set_ylim(*limits[1])
+        ax.set_xlim(*box[0])
+        ax.set_ylim(*box[1])
         ax.set_xticks([])
         ax.set_yticks([])
     if title:

@@ -21,6 +21,7 @@ from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from .steps.block import TRACE_ESTIMATORS, JKOBlock
 from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow, solver_steps
+from .steps.normalize import Standardize
 from .training.distributed import is_main_process
 from .training.history import TrainingHistory
 from .training.trainer import JKOTrainer
@@ -54,6 +55,8 @@ class RunConfig:
     at ``None`` take that kind's tuned values (``StepKind.run_defaults``). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``; spline steps:
     ``spline_layers``, ``spline_hidden``). Step sizes are geometric, ``h_k = h0 * growth**(k-1)``.
+    With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
+    training split, so NLLs and samples are in the data's own units.
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -73,6 +76,7 @@ class RunConfig:
     h0: float = GEOMETRIC_H0
     growth: float = GEOMETRIC_GROWTH
     seed: int = 0
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
@@ -167,8 +171,11 @@ def train_flow(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainedRun:
-    """Build the flow of ``config`` and train it block-wise."""
+    """Build the flow of ``config`` (on the data side a ``Standardize`` fitted on ``x_train`` when
+    ``config.standardize``) and train it block-wise."""
     flow = build_flow(config, x_train.shape[1])
+    if config.standardize:
+        flow.flows.append(Standardize.fit(x_train))  # flows[-1]: the data side
     trainer = make_trainer(config, flow, x_train.shape[0], progress=progress)
     start = time.perf_counter()
     history = trainer.fit(x_train, x_test, checkpoint_dir=checkpoint_dir, resume=resume, overwrite=not resume)

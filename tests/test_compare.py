@@ -12,6 +12,7 @@ from jko_plugin.metrics import wasserstein2
 KEYS = ("method", "test_nll", "w2", "w2_floor", "mmd", "train_seconds", "params", "nfe", "sample_seconds")
 TIMINGS = ("train_seconds", "sample_seconds", "details")
 SMALL = dict(num_train=600, num_test=200, num_samples=1000, seed=3)
+TINY = dict(num_train=300, num_test=100, num_samples=200, w2_points=100)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,51 @@ def test_ode_jko_trains_with_hutchinson_from_dimension_four():
     # Evaluation is exact whatever the training estimator: the NLL is finite and reproducible.
     (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
+
+
+def test_seeds_give_the_median_and_spread_per_method(tmp_path):
+    from jko_plugin.compare import compare_seeds
+
+    summary = compare_seeds("moons", "cfm,realnvp", seeds=[0, 1, 2], steps=4, out=tmp_path, **TINY)
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [s["method"] for s in summary] == ["cfm", "realnvp"]
+    for i, s in enumerate(summary):
+        values = sorted(run[i]["test_nll"] for run in runs)
+        assert s["test_nll"] == {"median": values[1], "min": values[0], "max": values[2], "runs": 3}
+        assert s["seeds"] == [0, 1, 2]
+    assert (tmp_path / "seed1" / "table.md").exists()
+    table = (tmp_path / "table.md").read_text()
+    assert (
+        "median (min .. max) over seeds [0, 1, 2]" in table
+        and f"{summary[0]['test_nll']['median']:.3f} (" in table
+    )
+    with pytest.raises(ValueError, match="distinct"):
+        compare_seeds("moons", "cfm", seeds=[1, 1], steps=2, **TINY)
+
+
+def test_cli_seeds_and_no_standardize(tmp_path, capsys):
+    from jko_plugin.cli import main
+
+    code = main(
+        [
+            "compare",
+            "--dataset",
+            "moons",
+            "--methods",
+            "cfm",
+            "--steps",
+            "3",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(tmp_path),
+        ]
+        + ["--num-train", "300", "--num-test", "100", "--no-standardize"]
+    )
+    assert code == 0 and (tmp_path / "seed0" / "results.json").exists()
+    rec = json.loads((tmp_path / "seed0" / "results.json").read_text())[0]
+    assert rec["standardized"] is False
+    assert (
+        main(["compare", "--dataset", "moons", "--seeds", "0,x", "--steps", "2", "--out", str(tmp_path)]) == 2
+    )
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err

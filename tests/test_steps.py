@@ -8,7 +8,7 @@ import torch
 
 from jko_plugin import STEP_KINDS, JKOBlock, JKOStep, ProximalStep, make_flow
 from jko_plugin.steps import flow_nfe
-from jko_plugin.steps.kinds import make_spline_step
+from jko_plugin.steps.kinds import make_coupling_step, make_spline_step
 from jko_plugin.steps.layers import layer_nfe
 
 from .flowcheck import check_flow, perturb
@@ -30,7 +30,11 @@ def hand_made_step():
     )
 
 
-KINDS = {"ode": ode_block, "spline": spline_step, "map": hand_made_step}
+def coupling_step():
+    return make_coupling_step(DIM, layers=2, hidden=8)
+
+
+KINDS = {"ode": ode_block, "spline": spline_step, "coupling": coupling_step, "map": hand_made_step}
 
 
 def placed(make, t0=0.5, t1=1.25):
@@ -128,7 +132,9 @@ def test_registry_builds_every_kind_through_make_flow():
         flow = make_flow(2, 2, block=name)
         assert all(f.kind == name for f in flow.flows)
         assert kind.run_defaults["num_blocks"] >= 1
-    with pytest.raises(ValueError, match="block must be one of \\['ode', 'spline'\\], got 'flow'"):
+    with pytest.raises(
+        ValueError, match="block must be one of \\['coupling', 'ode', 'spline'\\], got 'flow'"
+    ):
         make_flow(2, 2, block="flow")
     with pytest.raises(ValueError, match="bad options \\['steps'\\] for block='spline'"):
         make_flow(2, 2, block="spline", steps=3)
@@ -142,3 +148,18 @@ def test_flow_nfe_sums_the_layers():
     flow.flows.insert(1, nf.flows.Planar((2,)))
     with pytest.raises(ValueError, match="cannot count the network evaluations of a Planar layer"):
         flow_nfe(flow)
+
+
+@pytest.mark.parametrize("make", [make_coupling_step, make_spline_step])
+def test_spline_steps_start_at_the_identity(make):
+    step = make(DIM, hidden=8).double()
+    x = torch.randn(64, DIM, dtype=torch.float64) * 2
+    with torch.no_grad():
+        for y, ld in (step(x), step.inverse(x)):
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-6)
+            torch.testing.assert_close(ld, torch.zeros_like(ld), rtol=0, atol=1e-6)
+    perturb(step, 0.5)  # trained away from the identity: still an exact, invertible map
+    check_flow(step, x, atol=1e-8)
+    from .flowcheck import jacobian_logdet
+
+    torch.testing.assert_close(step.inverse(x[:4])[1], jacobian_logdet(lambda u: step.inverse(u)[0], x[:4]))

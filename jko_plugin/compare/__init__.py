@@ -3,6 +3,7 @@ r"""Side by side: JKO flows against flow matching and normflows baselines, same 
 from .cli import add_arguments, run
 from .methods import DEFAULT_METHODS, METHODS, Budget, Method, TrainedModel
 from .runner import TABLE_COLUMNS, compare, format_table
+from .seeds import compare_seeds, summarize
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -13,6 +14,8 @@ __all__ = [
     "TrainedModel",
     "add_arguments",
     "compare",
+    "compare_seeds",
     "format_table",
     "run",
+    "summarize",
 ]

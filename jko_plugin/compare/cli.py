@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .methods import DEFAULT_METHODS, METHODS
 from .runner import compare
+from .seeds import compare_seeds
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,7 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     budget.add_argument(
         "--steps", type=int, default=None, help="gradient steps per method instead of a time budget"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds, e.g. 0,1,2: one run each, then the median and spread per method",
+    )
+    parser.add_argument(
+        "--no-standardize",
+        dest="standardize",
+        action="store_false",
+        help="give the methods the data as it is (default: standardised on the training split, "
+        "scored in data units)",
+    )
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
@@ -48,17 +62,24 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget_seconds
     if budget is None and args.steps is None:
         budget = 60.0
-    compare(
-        args.dataset,
-        args.methods,
+    options = dict(
         budget_seconds=budget,
         steps=args.steps,
-        seed=args.seed,
         out=args.out,
         num_train=args.num_train,
         num_test=args.num_test,
         maf_root=getattr(args, "maf_root", None),
+        standardize=getattr(args, "standardize", True),
         verbose=True,
     )
-    print(f"wrote {Path(args.out) / 'table.md'}, results.json and samples.png")
+    if getattr(args, "seeds", None):
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError as err:
+            raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+        compare_seeds(args.dataset, args.methods, seeds=seeds, **options)
+        print(f"wrote {Path(args.out) / 'table.md'}, results.json and one folder per seed")
+    else:
+        compare(args.dataset, args.methods, seed=args.seed, **options)
+        print(f"wrote {Path(args.out) / 'table.md'}, results.json and samples.png")
     return 0

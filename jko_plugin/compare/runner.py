@@ -24,8 +24,10 @@ heuristic) on the same points; ``nfe`` network evaluations per sample when sampl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,9 +38,10 @@ from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..metrics import mmd, nll, wasserstein2
 from ..plotting import scatter_panels
-from .methods import DEFAULT_METHODS, METHODS, Budget
+from ..steps.normalize import Standardize, check_columns
+from .methods import DEFAULT_METHODS, METHODS, Budget, TrainedModel
 
-__all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table"]
+__all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table", "in_data_units"]
 
 #: Samples drawn (and timed) per method; the first ``w2_points`` are scored.
 NUM_SAMPLES = 10_000
@@ -55,6 +58,22 @@ TABLE_COLUMNS = (
     ("nfe", "NFE", "{}"),
     ("sample_seconds", "10k samples s", "{:.2f}"),
 )
+
+
+def in_data_units(result: TrainedModel, norm: Standardize) -> TrainedModel:
+    """``result``, trained on ``norm``'s standardised data, as the one map ``norm`` then model: its
+    samples mapped back and its log-density ``log p(norm^-1 x) - sum(log scale)``."""
+
+    def sample(n: int, gen: torch.Generator) -> Tensor:
+        return norm.forward(result.sample(n, gen))[0]
+
+    def log_prob(x: Tensor) -> Tensor:
+        z, log_det = norm.inverse(x)
+        return result.log_prob(z) + log_det
+
+    module = nn.ModuleDict({"norm": norm, "model": result.module})
+    details = {**result.details, "standardize_log_det": -norm.log_scale_sum}
+    return dataclasses.replace(result, module=module, sample=sample, log_prob=log_prob, details=details)
 
 
 class _Scored(nn.Module):
@@ -140,6 +159,7 @@ def compare(
     w2_points: int = 4000,
     num_samples: int = NUM_SAMPLES,
     maf_root: str | Path | None = None,
+    standardize: bool = True,
     verbose: bool = False,
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
@@ -164,6 +184,9 @@ def compare(
             (``jko_plugin.datasets.load_maf``): trains on the first ``num_train`` rows of the
             standard training split, scores on the first ``num_test`` rows of its test split
             (raise both to use the full splits, as the published numbers do).
+        standardize: Fit a ``Standardize`` on the training points and give every method the same
+            standardised data; each method is then scored as ``Standardize`` followed by its model,
+            so NLLs (the log-determinant included) and samples are in the data's own units.
         verbose: Print progress and the table.
 
     Returns:
@@ -194,12 +217,21 @@ def compare(
     true_nll = (
         float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
     )
+    norm = Standardize.fit(x_train, warn=False) if standardize else None
+    if norm is not None:
+        for note in check_columns(x_train):
+            warnings.warn(note, UserWarning, stacklevel=2)
     records, samples_by_method = [], {}
     for method in names:
         if verbose:
             print(f"[{label}] training {method} ...", flush=True)
         torch.manual_seed(seed)
-        result = METHODS[method].train(x_train, x_test, budget, seed)
+        if norm is None:
+            result = METHODS[method].train(x_train, x_test, budget, seed)
+        else:
+            with torch.no_grad():
+                inputs = norm.inverse(x_train)[0], norm.inverse(x_test)[0]
+            result = in_data_units(METHODS[method].train(*inputs, budget, seed), norm)
         result.module.eval()
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
@@ -240,6 +272,7 @@ def compare(
             "budget_seconds": budget_seconds,
             "budget_steps": steps,
             "seed": seed,
+            "standardized": norm is not None,
             "num_train": int(x_train.shape[0]),
             "num_test": int(x_test.shape[0]),
             "details": result.details,

@@ -13,6 +13,8 @@ from normflows.utils.masks import create_alternating_binary_mask
 from torch import Tensor, nn
 
 from .._validate import choice
+from .coupling import IdentityInitCoupledRQSpline
+from .normalize import Standardize
 
 __all__ = ["LAYER_TYPES", "LayerType", "build_layer", "describe_layer", "flow_nfe", "layer_nfe"]
 
@@ -165,6 +167,13 @@ LAYER_TYPES: dict[str, LayerType] = {
         _with_activation(nf.flows.CoupledRationalQuadraticSpline),
         _one_pass,
     ),
+    "IdentityInitCoupledRQSpline": LayerType(
+        IdentityInitCoupledRQSpline,
+        _describe_crqs,
+        _with_activation(IdentityInitCoupledRQSpline),
+        _one_pass,
+    ),
+    "Standardize": LayerType(Standardize, lambda layer: {"dim": layer.dim}, Standardize, _no_network),
     "LULinearPermute": LayerType(
         nf.flows.LULinearPermute,
         lambda layer: {"num_channels": layer.linear.features},
