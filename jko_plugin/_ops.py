@@ -17,6 +17,7 @@ __all__ = [
     "Activation",
     "ButcherTableau",
     "integrate",
+    "integrate_jacobian",
     "solver_nfe",
     "standard_normal_log_prob",
 ]
@@ -130,3 +131,52 @@ def integrate(
                 integrals[j] = integrals[j] + (dt * b) * r
         t = t + dt
     return x, integrals
+
+
+#: ``func(x, t) -> (dx/dt, its Jacobian (batch, d, d), rates of scalar integrals)``.
+JacobianDerivative = Callable[[Tensor, float], tuple[Tensor, Tensor, tuple[Tensor, ...]]]
+
+
+def integrate_jacobian(
+    func: JacobianDerivative,
+    x: Tensor,
+    t0: float,
+    t1: float,
+    steps: int,
+    tableau: ButcherTableau,
+    num_integrals: int,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``integrate`` that also returns the Jacobian ``d x(t1) / d x(t0)`` of the discrete solver
+    map, shape ``(batch, d, d)``: exact for the map the solver computes (forward-mode through the
+    stages: ``K_i = J_f(x_i) (I + dt sum_j a_ij K_j)``, step Jacobian ``I + dt sum_i b_i K_i``),
+    so ``log|det|`` of that map needs no divergence integral.
+    """
+    dt = (t1 - t0) / steps
+    d = x.shape[1]
+    eye = torch.eye(d, dtype=x.dtype, device=x.device).expand(x.shape[0], d, d)
+    jac = eye
+    integrals = [x.new_zeros(x.shape[0]) for _ in range(num_integrals)]
+    t = t0
+    for _ in range(steps):
+        stages: list[Tensor] = []
+        stage_jacs: list[Tensor] = []
+        stage_integrals: list[tuple[Tensor, ...]] = []
+        for a_row, c in zip(tableau.a, tableau.c):
+            xi, inner = x, eye
+            for a, k, kj in zip(a_row, stages, stage_jacs):
+                if a != 0.0:
+                    xi = xi + (dt * a) * k
+                    inner = inner + (dt * a) * kj
+            k, jf, rates = func(xi, t + c * dt)
+            stages.append(k)
+            stage_jacs.append(jf @ inner)
+            stage_integrals.append(rates)
+        step_jac = eye
+        for b, k, kj, rates in zip(tableau.b, stages, stage_jacs, stage_integrals):
+            x = x + (dt * b) * k
+            step_jac = step_jac + (dt * b) * kj
+            for j, r in enumerate(rates):
+                integrals[j] = integrals[j] + (dt * b) * r
+        jac = step_jac @ jac
+        t = t + dt
+    return x, jac, integrals

@@ -103,3 +103,18 @@ class VelocityMLP(nn.Module):
         else:
             trace = ((tangent @ last.weight.t()) * probes).sum(-1).mean(-1)
         return v, trace
+
+    def forward_with_jacobian(self, x: Tensor, s: float | Tensor) -> tuple[Tensor, Tensor]:
+        """Velocity and its full Jacobian: ``(f(x, s), df/dx)``, shapes ``(batch, d)`` and
+        ``(batch, d, d)`` with ``[b, i, j] = d f_i / d x_j`` (the ``d`` tangents of the exact trace,
+        kept whole)."""
+        w_x = self.layers[0].weight[:, : self.dim]
+        pre = self._first_pre(x, s)
+        h = self.act.fn(pre)
+        tangent = w_x.t().unsqueeze(0) * self.act.grad(pre, h).unsqueeze(1)  # (batch, d, h1)
+        for layer in self.layers[1:-1]:
+            pre = layer(h)
+            h = self.act.fn(pre)
+            tangent = (tangent @ layer.weight.t()) * self.act.grad(pre, h).unsqueeze(1)
+        last = self.layers[-1]
+        return last(h), (tangent @ last.weight.t()).transpose(1, 2)
