@@ -19,8 +19,8 @@ from ._validate import choice
 from .plotting import plot_samples
 from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
-from .steps.block import TRACE_ESTIMATORS, JKOBlock
-from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow, solver_steps
+from .steps.block import DENSITIES, TRACE_ESTIMATORS, JKOBlock
+from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow
 from .steps.normalize import Standardize
 from .training.distributed import is_main_process
 from .training.history import TrainingHistory
@@ -53,8 +53,9 @@ class RunConfig:
 
     ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations`` and ``lr`` left
     at ``None`` take that kind's tuned values (``StepKind.run_defaults``). The fields a kind reads
-    are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``; spline steps:
-    ``spline_layers``, ``spline_hidden``). Step sizes are geometric, ``h_k = h0 * growth**(k-1)``.
+    are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
+    spline and coupling steps: ``spline_layers``, ``spline_hidden``). Step sizes are geometric,
+    ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units.
 
@@ -68,6 +69,7 @@ class RunConfig:
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 2
     trace: str = "auto"
+    density: str = "auto"
     spline_layers: int = 2
     spline_hidden: int = 64
     iterations: int | None = None
@@ -81,6 +83,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
         choice("trace", self.trace, TRACE_ESTIMATORS)
+        choice("density", self.density, DENSITIES)
         for name, fallback in _RUN_DEFAULTS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
@@ -145,11 +148,19 @@ def make_trainer(
 
 @contextmanager
 def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
-    """Score ODE blocks with the ODE's own density: at least ``NLL_SOLVER_STEPS`` RK4 steps per
-    block (``solver_steps``); spline steps are exact maps and unaffected."""
-    steps = max([NLL_SOLVER_STEPS] + [f.steps for f in flow.flows if isinstance(f, JKOBlock)])
-    with solver_steps(flow, steps):
+    """Score ODE blocks whose log-det integrates the divergence (``density="ode"``) with the ODE's
+    own density: at least ``NLL_SOLVER_STEPS`` RK4 steps per block. Blocks with an exact map
+    density, spline and coupling steps are exact maps already and are left as they are."""
+    blocks = [f for f in flow.flows if isinstance(f, JKOBlock) and not f.exact_map]
+    steps = max([NLL_SOLVER_STEPS] + [b.steps for b in blocks])
+    saved = [b.steps for b in blocks]
+    for b in blocks:
+        b.steps = steps
+    try:
         yield flow
+    finally:
+        for b, n in zip(blocks, saved):
+            b.steps = n
 
 
 class TrainedRun(NamedTuple):

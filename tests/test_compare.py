@@ -63,7 +63,8 @@ def test_reference_values(moons_run):
     for m in ("cfm", "otcfm", "realnvp", "nsf"):
         assert by[m]["train_steps"] == 12
     # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
-    assert [by[m]["nfe"] for m in METHODS] == [48, 16, 48, 48, 8, 16]
+    # the ODE blocks sample their exact map: 2 RK4 steps x 4 stages x (reverse solve + 2 Newton + log-det)
+    assert [by[m]["nfe"] for m in METHODS] == [192, 16, 48, 48, 8, 16]
     assert by["cfm"]["params"] == by["otcfm"]["params"]
 
 
@@ -169,15 +170,20 @@ def test_diverged_model_is_recorded_not_dropped(monkeypatch):
     assert format_table([rec]).splitlines()[2].startswith("| realnvp | - |")
 
 
-def test_ode_jko_trains_with_hutchinson_from_dimension_four():
+def test_ode_jko_scores_and_samples_one_map():
     assert METHODS["jko"].config(3, 0).trace == "exact"
-    assert METHODS["jko"].config(4, 0).trace == "hutchinson"
+    assert METHODS["jko"].config(4, 0).trace == "hutchinson"  # used where the density is the ODE's
+    # d <= 16: the exact map density; NLL and samples from the trained map, no second sampler.
     (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
-    assert rec["details"]["trace"] == "hutchinson"
-    assert rec["details"]["nll_solver"] == "8 x 6 x rk4"  # the ODE's density, not the 2-step map's
-    # Evaluation is exact whatever the training estimator: the NLL is finite and reproducible.
+    assert rec["details"]["density"].startswith("exact map") and rec["fast_w2"] is None
+    assert rec["nfe"] == 6 * 2 * 4 * 4
     (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
+    # d > 16: the ODE's density at 8 RK4 steps per block, samples from the same 8-step solver,
+    # and the 2-step trained sampler reported beside it.
+    (rec,) = compare("gmm20", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == "hutchinson"
+    assert rec["nfe"] == 6 * 8 * 4 and rec["fast_nfe"] == 6 * 2 * 4 and rec["fast_w2"] > 0
 
 
 def test_seeds_give_the_median_and_spread_per_method(tmp_path):

@@ -7,16 +7,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._ops import ACTIVATIONS, SOLVERS, integrate
+from .._ops import ACTIVATIONS, SOLVERS, integrate, integrate_jacobian
 from .._validate import check_batch, choice, positive_int
 from .base import ProximalStep, Transport, check_interval
 from .velocity import VelocityMLP, func_divergence
 
-__all__ = ["EXACT_TRACE_MAX_DIM", "TRACE_ESTIMATORS", "JKOBlock"]
+__all__ = ["DENSITIES", "EXACT_MAP_MAX_DIM", "EXACT_TRACE_MAX_DIM", "TRACE_ESTIMATORS", "JKOBlock"]
 
 TRACE_ESTIMATORS = ("auto", "exact", "hutchinson")
 #: With ``trace="auto"``, dimensions up to this use the exact trace in training too.
 EXACT_TRACE_MAX_DIM = 32
+#: ``"ode"``: log-det = the divergence integrated along the solver's path (the ODE's density as the
+#: steps shrink); ``"map"``: log-det of the discrete solver map itself, from its exact Jacobian,
+#: and ``forward`` inverts that map to machine precision; ``"auto"``: ``"map"`` up to
+#: ``EXACT_MAP_MAX_DIM``.
+DENSITIES = ("ode", "map", "auto")
+EXACT_MAP_MAX_DIM = 16
 
 
 class JKOBlock(ProximalStep):
@@ -41,6 +47,12 @@ class JKOBlock(ProximalStep):
             always exact.
         num_probes: Rademacher probes for the Hutchinson estimator.
         interval: ``(t0, t1)`` with ``t1 > t0``.
+        density: ``"ode"`` (default), ``"map"`` or ``"auto"`` (see ``DENSITIES``). With ``"map"``
+            one discretisation serves training, sampling and scoring: ``inverse`` is the solver
+            map ``T`` with ``log|det dT/dx|`` exact (its Jacobian carried through the stages;
+            ``trace`` is not used), and ``forward`` is ``T``'s inverse, the reverse-time solve
+            refined by ``newton_steps`` Newton steps.
+        newton_steps: Newton steps of ``forward`` with ``density="map"``.
         velocity: Your own velocity network instead of the MLP: an ``nn.Module`` called as
             ``velocity(x, s)`` with ``x`` of shape ``(batch, d)`` and ``s`` the block's normalised
             time in [0, 1], shape ``(batch,)``, returning ``(batch, d)``. Its divergence comes from
@@ -71,13 +83,17 @@ class JKOBlock(ProximalStep):
         trace: str = "auto",
         num_probes: int = 1,
         interval: tuple[float, float] = (0.0, 1.0),
+        density: str = "ode",
+        newton_steps: int = 2,
         velocity: nn.Module | None = None,
     ) -> None:
         super().__init__(dim, "ode")
         choice("solver", solver, SOLVERS)
         choice("trace", trace, TRACE_ESTIMATORS)
+        choice("density", density, DENSITIES)
         positive_int("steps", steps)
         positive_int("num_probes", num_probes)
+        positive_int("newton_steps", newton_steps, minimum=0)
         if velocity is None:
             velocity = VelocityMLP(dim, hidden, activation=activation, time_dependent=time_dependent)
         elif not isinstance(velocity, nn.Module):
@@ -97,7 +113,8 @@ class JKOBlock(ProximalStep):
         self.steps = steps
         self.trace = trace
         self.num_probes = num_probes
-        # A buffer, so the interval travels with state_dict, .to() and checkpoints.
+        self.density = density
+        self.newton_steps = newton_steps
         # A float64 buffer whatever the module's dtype (see ``_apply``), so the interval travels
         # with state_dict, .to() and checkpoints and agrees exactly with the float64 schedule.
         self.register_buffer("interval", torch.zeros(2, dtype=torch.float64))
@@ -133,6 +150,8 @@ class JKOBlock(ProximalStep):
             "trace": self.trace,
             "num_probes": self.num_probes,
             "interval": [float(t) for t in self.interval],
+            "density": self.density,
+            "newton_steps": self.newton_steps,
         }
 
     def set_interval(self, t0: float, t1: float) -> None:
@@ -148,9 +167,17 @@ class JKOBlock(ProximalStep):
         return float(self.interval[0]), float(self.interval[1])
 
     @property
+    def exact_map(self) -> bool:
+        """Whether the log-det is the discrete map's own (``density`` ``"map"``, or ``"auto"`` in
+        ``dim <= EXACT_MAP_MAX_DIM``)."""
+        return self.density == "map" or (self.density == "auto" and self.dim <= EXACT_MAP_MAX_DIM)
+
+    @property
     def nfe(self) -> int:
-        """Velocity evaluations per sample: ``steps`` times the solver's stages."""
-        return self.steps * len(SOLVERS[self.solver].b)
+        """Velocity evaluations per sample of ``forward``: ``steps`` times the solver's stages, and
+        with an exact map that many again for each Newton step and for the final log-det."""
+        passes = self.newton_steps + 2 if self.exact_map else 1
+        return passes * self.steps * len(SOLVERS[self.solver].b)
 
     def velocity_at(self, x: Tensor, t: float | Tensor) -> Tensor:
         """``dx/dt`` at the flow time ``t`` (inside ``[t0, t1]``); ``x`` of shape ``(batch, d)``."""
@@ -209,6 +236,53 @@ class JKOBlock(ProximalStep):
             integrals[-1] = integrals[-1] * scale
         return z, integrals
 
+    def _jacobian_field(self, x: Tensor, s: float) -> tuple[Tensor, Tensor]:
+        """Velocity in normalised time and its Jacobian ``(batch, d, d)``."""
+        net = self.velocity
+        if isinstance(net, VelocityMLP):
+            return net.forward_with_jacobian(x, s)
+        t = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+        def one(xi: Tensor, ti: Tensor) -> tuple[Tensor, Tensor]:
+            out = net(xi.unsqueeze(0), ti.unsqueeze(0)).squeeze(0)
+            return out, out
+
+        jac, v = torch.func.vmap(torch.func.jacfwd(one, has_aux=True))(x, t)
+        return v, jac
+
+    def _solver_map(self, x: Tensor, kinetic: bool) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+        """The data -> latent solver map ``T``: ``(T(x), log|det dT/dx|, [kinetic energy], dT/dx)``."""
+        t0, t1 = self.time_interval
+
+        def func(xs: Tensor, s: float) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+            v, jac = self._jacobian_field(xs, s)
+            return v, jac, (v.square().sum(-1),) if kinetic else ()
+
+        z, jac, integrals = integrate_jacobian(
+            func, x, 0.0, 1.0, self.steps, SOLVERS[self.solver], int(kinetic)
+        )
+        if kinetic:
+            integrals[0] = integrals[0] / (t1 - t0)
+        return z, torch.linalg.slogdet(jac).logabsdet, integrals, jac
+
+    def _invert_map(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``T^{-1}(z)`` and ``log|det dT^{-1}/dz|``: the reverse-time solve, then Newton steps on
+        ``T(x) = z`` with ``T``'s exact Jacobian (the last pass also gives the log-det)."""
+        x, _ = integrate(
+            lambda xs, s: (self._field(xs, s, trace=False)[0], ()),
+            z,
+            1.0,
+            0.0,
+            self.steps,
+            SOLVERS[self.solver],
+            0,
+        )
+        for k in range(self.newton_steps + 1):
+            y, log_det, _, jac = self._solver_map(x, kinetic=False)
+            if k < self.newton_steps:
+                x = x - torch.linalg.solve(jac, (y - z).unsqueeze(-1)).squeeze(-1)
+        return x, -log_det
+
     def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
         """Data -> latent pass with the per-sample terms of the JKO loss, in one integration.
 
@@ -216,18 +290,27 @@ class JKOBlock(ProximalStep):
         displacement and kinetic energy then cost one velocity pass per stage instead of ``d + 1``
         for the exact trace."""
         check_batch(x, self.dim)
+        if log_det and self.exact_map:
+            z, ld, (kinetic,), _ = self._solver_map(x, kinetic=True)
+            return Transport(z, ld, (z - x).square().sum(-1), kinetic)
         z, integrals = self._integrate(x, reverse=False, kinetic=True, trace=log_det)
         return Transport(z, integrals[0] if log_det else None, (z - x).square().sum(-1), integrals[-1])
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``, shapes ``(batch, d)`` and ``(batch,)``."""
         check_batch(x, self.dim)
+        if self.exact_map:
+            z, log_det, _, _ = self._solver_map(x, kinetic=False)
+            return z, log_det
         z, (log_det,) = self._integrate(x, reverse=False, kinetic=False)
         return z, log_det
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent -> data: ``(x, log|det dx/dz|)`` by reverse-time integration."""
+        """Latent -> data: ``(x, log|det dx/dz|)`` by reverse-time integration (with an exact map:
+        then refined to ``inverse``'s exact inverse by Newton steps)."""
         check_batch(z, self.dim, "z")
+        if self.exact_map:
+            return self._invert_map(z)
         x, (log_det,) = self._integrate(z, reverse=True, kinetic=False)
         return x, log_det
 

@@ -150,7 +150,7 @@ STEP_KINDS: dict[str, StepKind] = {
     "ode": StepKind(
         "ode",
         JKOBlock,
-        {"hidden": "hidden", "steps": "steps", "trace": "trace"},
+        {"hidden": "hidden", "steps": "steps", "trace": "trace", "density": "density"},
         {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2},
         "JKOBlocks: continuous-time residual blocks, the flow of an MLP velocity field",
     ),

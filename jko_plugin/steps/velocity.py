@@ -120,6 +120,7 @@ class VelocityMLP(nn.Module):
         last = self.layers[-1]
         return last(h), (tangent @ last.weight.t()).transpose(1, 2)
 
+
 def func_divergence(
     net: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, probes: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
