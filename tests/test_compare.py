@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from jko_plugin.compare import METHODS, add_arguments, compare, format_table, run
+from jko_plugin.compare import DEFAULT_METHODS, METHODS, add_arguments, compare, format_table, run
+
+NAMES = DEFAULT_METHODS.split(",")
 from jko_plugin.datasets import get_dataset
 from jko_plugin.metrics import wasserstein2
 
@@ -18,7 +20,7 @@ TINY = dict(num_train=300, num_test=100, num_samples=200, w2_points=100)
 @pytest.fixture(scope="module")
 def moons_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    return out, compare("moons", ",".join(METHODS), steps=12, out=out, **SMALL)
+    return out, compare("moons", DEFAULT_METHODS, steps=12, out=out, **SMALL)
 
 
 def _stable(records):
@@ -27,16 +29,16 @@ def _stable(records):
 
 def test_end_to_end_writes_all_outputs(moons_run):
     out, records = moons_run
-    assert [r["method"] for r in records] == list(METHODS)
+    assert [r["method"] for r in records] == NAMES
     saved = json.loads((out / "results.json").read_text())
-    assert isinstance(saved, list) and [r["method"] for r in saved] == list(METHODS)
+    assert isinstance(saved, list) and [r["method"] for r in saved] == NAMES
     for r in saved:
         for key in KEYS:
             assert key in r, key
         assert np.isfinite(r["test_nll"]) and r["w2"] > 0 and r["mmd"] >= 0
         assert r["train_seconds"] > 0 and r["sample_seconds"] > 0
     table = (out / "table.md").read_text()
-    for m in METHODS:
+    for m in NAMES:
         assert f"| {m} |" in table
     png = (out / "samples.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -64,13 +66,13 @@ def test_reference_values(moons_run):
         assert by[m]["train_steps"] == 12
     # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
     # the ODE blocks sample their exact map: 2 RK4 steps x 4 stages x (reverse solve + 2 Newton + log-det)
-    assert [by[m]["nfe"] for m in METHODS] == [192, 16, 48, 48, 8, 16]
+    assert [by[m]["nfe"] for m in NAMES] == [192, 16, 48, 48, 8, 16]
     assert by["cfm"]["params"] == by["otcfm"]["params"]
 
 
 def test_same_seed_same_numbers(moons_run):
     _, records = moons_run
-    again = compare("moons", ",".join(METHODS), steps=12, **SMALL)
+    again = compare("moons", DEFAULT_METHODS, steps=12, **SMALL)
     assert _stable(again) == _stable(records)
 
 
@@ -118,7 +120,7 @@ def test_time_budget_is_respected(tmp_path):
 def test_unknown_method_or_dataset():
     with pytest.raises(
         ValueError,
-        match=r"methods must be among \['jko', 'jko-spline', 'cfm', 'otcfm', 'realnvp', 'nsf'\], got 'glow'",
+        match=r"methods must be among \['jko', 'jko-spline', 'jko-coupling', 'cfm', 'otcfm', 'realnvp', 'nsf'\], got 'glow'",
     ):
         compare("moons", "jko,glow", steps=1)
     with pytest.raises(ValueError, match=r"dataset must be one of .*'moons'.*got 'mnist'"):
