@@ -160,6 +160,8 @@ def test_gaussian_mixture_samples_have_the_mixture_moments():
     mean = gmm.weights @ gmm.means
     covs = gmm.scale_trils @ gmm.scale_trils.transpose(-1, -2)
     second = (gmm.weights[:, None, None] * (covs + gmm.means[:, :, None] * gmm.means[:, None, :])).sum(0)
+    torch.testing.assert_close(gmm.mean, mean, atol=1e-12, rtol=0)  # the exact moments, by formula
+    torch.testing.assert_close(gmm.covariance, second - torch.outer(mean, mean), atol=1e-12, rtol=0)
     torch.testing.assert_close(x.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), second - torch.outer(mean, mean), atol=0.06, rtol=0)
 
