@@ -21,7 +21,18 @@ from jko_plugin.datasets import (
     two_moons,
 )
 
-TOYS = ["moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", "gmm3", "gmm16"]
+TOYS = [
+    "moons",
+    "circles",
+    "8gaussians",
+    "checkerboard",
+    "pinwheel",
+    "2spirals",
+    "gmm3",
+    "gmm16",
+    "rose",
+    "tree",
+]
 
 
 def grid(lo, hi, n):
@@ -67,6 +78,8 @@ def test_registry_is_complete():
         "pinwheel",
         "2spirals",
         "digits",
+        "rose",
+        "tree",
     }
     assert get_dataset("gmm64").dim == 64 and get_dataset("gmm2").dim == 2
 
