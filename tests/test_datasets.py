@@ -21,7 +21,18 @@ from jko_plugin.datasets import (
     two_moons,
 )
 
-TOYS = ["moons", "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", "gmm3", "gmm16"]
+TOYS = [
+    "moons",
+    "circles",
+    "8gaussians",
+    "checkerboard",
+    "pinwheel",
+    "2spirals",
+    "gmm3",
+    "gmm16",
+    "rose",
+    "tree",
+]
 
 
 def grid(lo, hi, n):
@@ -67,6 +78,8 @@ def test_registry_is_complete():
         "pinwheel",
         "2spirals",
         "digits",
+        "rose",
+        "tree",
     }
     assert get_dataset("gmm64").dim == 64 and get_dataset("gmm2").dim == 2
 
@@ -160,6 +173,8 @@ def test_gaussian_mixture_samples_have_the_mixture_moments():
     mean = gmm.weights @ gmm.means
     covs = gmm.scale_trils @ gmm.scale_trils.transpose(-1, -2)
     second = (gmm.weights[:, None, None] * (covs + gmm.means[:, :, None] * gmm.means[:, None, :])).sum(0)
+    torch.testing.assert_close(gmm.mean, mean, atol=1e-12, rtol=0)  # the exact moments, by formula
+    torch.testing.assert_close(gmm.covariance, second - torch.outer(mean, mean), atol=1e-12, rtol=0)
     torch.testing.assert_close(x.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(x.T), second - torch.outer(mean, mean), atol=0.06, rtol=0)
 

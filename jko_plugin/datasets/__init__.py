@@ -1,9 +1,19 @@
-r"""Offline data: 2-D toys, Gaussian mixtures with exact densities, digits, MAF benchmarks, user files."""
+r"""Offline data: 2-D toys, pictures (rose, tree), exact-density Gaussian mixtures, digits, MAF, files."""
 
 from .files import load_samples, train_test_split
 from .images import digits
 from .maf import MAF_DATASETS, MAFSplits, load_maf
 from .mixture import GaussianMixture
+from .pixels import (
+    PIXEL_IMAGES,
+    PixelMixture,
+    pixel_image,
+    pixel_mixture,
+    rose,
+    rose_log_prob,
+    tree,
+    tree_log_prob,
+)
 from .registry import DATASETS, Dataset, get_dataset, load_dataset
 from .toys import (
     MOONS_SCALE,
@@ -24,6 +34,8 @@ __all__ = [
     "MAF_DATASETS",
     "MOONS_SHIFT",
     "MOONS_SCALE",
+    "PIXEL_IMAGES",
+    "PixelMixture",
     "Dataset",
     "GaussianMixture",
     "MAFSplits",
@@ -39,7 +51,13 @@ __all__ = [
     "load_samples",
     "moons_log_prob",
     "pinwheel",
+    "pixel_image",
+    "pixel_mixture",
+    "rose",
+    "rose_log_prob",
     "train_test_split",
+    "tree",
+    "tree_log_prob",
     "two_moons",
     "two_spirals",
 ]

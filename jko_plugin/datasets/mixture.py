@@ -67,6 +67,18 @@ class GaussianMixture:
         weights = rng.uniform(0.5, 1.5, size=n_components)
         return cls(torch.from_numpy(means), torch.from_numpy(np.stack(trils)), torch.from_numpy(weights))
 
+    @property
+    def mean(self) -> Tensor:
+        """The mixture's exact mean ``sum_k w_k mu_k``, float64 ``(d,)``."""
+        return self.weights @ self.means
+
+    @property
+    def covariance(self) -> Tensor:
+        """The mixture's exact covariance ``sum_k w_k (S_k + mu_k mu_k^T) - mu mu^T``, float64 ``(d, d)``."""
+        centred = self.means - self.mean
+        within = torch.einsum("k,kij,klj->il", self.weights, self.scale_trils, self.scale_trils)
+        return within + (centred * self.weights[:, None]).T @ centred
+
     def sample(self, n: int, *, seed: Seed) -> Tensor:
         """``n`` i.i.d. samples, float32 of shape ``(n, d)``."""
         positive_int("n", n)

@@ -11,6 +11,7 @@ from torch import Tensor
 from ._common import Seed
 from .images import digits
 from .mixture import GaussianMixture
+from .pixels import rose, rose_log_prob, tree, tree_log_prob
 from .toys import (
     checkerboard,
     checkerboard_log_prob,
@@ -31,8 +32,8 @@ class Dataset:
     """A named dataset: ``sample(n, seed=...)`` and, when known, the exact ``log_prob``.
 
     Where the density is known in closed form (two-moons by quadrature, 8 gaussians, checkerboard,
-    Gaussian mixtures) the dataset carries its exact ``log_prob``, so the true test NLL, the limit
-    no model can beat on average, is known.
+    Gaussian mixtures, JKO-iFlow's pixel mixtures rose and tree) the dataset carries its exact
+    ``log_prob``, so the true test NLL, the limit no model can beat on average, is known.
 
     Attributes:
         name: Registry name.
@@ -62,6 +63,8 @@ DATASETS: dict[str, Dataset] = {
     "pinwheel": Dataset("pinwheel", 2, pinwheel),
     "2spirals": Dataset("2spirals", 2, two_spirals),
     "digits": Dataset("digits", 64, digits, None, 1797),
+    "rose": Dataset("rose", 2, rose, rose_log_prob),
+    "tree": Dataset("tree", 2, tree, tree_log_prob),
 }
 _GMM_NAME = re.compile(r"gmm(\d+)")
 
@@ -69,7 +72,8 @@ _GMM_NAME = re.compile(r"gmm(\d+)")
 def get_dataset(name: str) -> Dataset:
     """The ``Dataset`` called ``name``: a key of ``DATASETS`` or ``gmm<d>`` with 2 <= d <= 64.
 
-    ``"moons"`` is standardised two-moons with noise 0.05, the benchmark's version.
+    ``"moons"`` is standardised two-moons with noise 0.05, the benchmark's version; ``"rose"`` and
+    ``"tree"`` are JKO-iFlow's pictures in its own coordinates (``[-4, 4]^2``, not standardised).
     """
     if name in DATASETS:
         return DATASETS[name]
