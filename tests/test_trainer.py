@@ -395,3 +395,15 @@ def test_estimate_costs_times_a_copy_and_leaves_the_flow_alone():
     assert costs.per_iteration > 0 and costs.per_block > 0 and costs.per_fit > 0
     for k, v in flow.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_time_budget_weights_front_load_the_first_block():
+    import time
+
+    from jko_plugin.training import IterationCosts, TimeBudget
+
+    costs = IterationCosts(per_iteration=0.01, per_block=0.0, per_fit=0.0)
+    plan = TimeBudget(6.0, costs, 4, start=time.perf_counter(), weights=(3, 1, 1, 1))
+    assert 295 <= plan.iterations(1, TrainingHistory()) <= 300  # 3 of 6 shares of 6 s
+    with pytest.raises(ValueError, match="one number per block"):
+        TimeBudget(6.0, costs, 4, weights=(1, 1))
