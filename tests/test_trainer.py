@@ -383,6 +383,7 @@ def test_time_budget_shares_the_time_left():
     fields.update(kl_estimate=0, nll=0, inversion_error=0)
     done.blocks = [BlockRecord(index=1, seconds=2.5, iterations=100, **fields)]
     assert plan.seconds_per_iteration(done) == pytest.approx(0.02)  # re-measured: (2.5 - 0.5) / 100
+    # the plan counts the blocks it planned: the second call shares among the 3 blocks left
     assert 1 <= plan.iterations(2, done) <= (8.0 / 3 - 0.5) / 0.02
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
         TimeBudget(0.0, costs, 4)

@@ -84,7 +84,7 @@ class JKOBlock(ProximalStep):
         num_probes: int = 1,
         interval: tuple[float, float] = (0.0, 1.0),
         density: str = "ode",
-        newton_steps: int = 2,
+        newton_steps: int = 1,
         velocity: nn.Module | None = None,
     ) -> None:
         super().__init__(dim, "ode")

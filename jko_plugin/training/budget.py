@@ -52,7 +52,8 @@ class FixedIterations:
 class TimeBudget:
     """Shares ``seconds`` of wall clock among ``num_blocks`` blocks.
 
-    Before each block, the time left is split equally among the blocks left, the block's fixed
+    Before each block (each call of ``iterations``), the time left is split equally among the
+    blocks left, the block's fixed
     cost is taken off and the rest turned into iterations at the measured cost per iteration:
     first ``costs.per_iteration``, then the mean over the blocks trained so far, from their
     records (``seconds`` less ``costs.per_block``, over ``iterations``). The clock starts when
@@ -92,6 +93,7 @@ class TimeBudget:
         if len(weights) != self.num_blocks:
             raise ValueError(f"weights must hold one number per block ({self.num_blocks}), got {weights}")
         self.weights = tuple(positive(f"weights[{i}]", w) for i, w in enumerate(weights))
+        self._planned = 0  # blocks planned so far (a fit with ``adapt`` trains blocks twice)
 
     def seconds_per_iteration(self, history: TrainingHistory) -> float:
         """The cost per iteration measured on the blocks trained so far (the estimate before any)."""
@@ -104,6 +106,7 @@ class TimeBudget:
     def iterations(self, block: int, history: TrainingHistory) -> int:
         """Iterations that fit in this block's share of the time left (at least 1)."""
         left = self.seconds - self.costs.per_fit - (time.perf_counter() - self.start)
-        done = min(len(history.blocks), self.num_blocks - 1)
+        done = min(self._planned, self.num_blocks - 1)
+        self._planned += 1
         share = left * self.weights[done] / sum(self.weights[done:])
         return max(1, int((share - self.costs.per_block) / self.seconds_per_iteration(history)))
