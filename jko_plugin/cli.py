@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .steps.kinds import DEFAULT_STEP_KIND, STEP_KINDS
+from .steps.kinds import AUTOREGRESSIVE_MAX_DIM, DEFAULT_STEP_KIND, STEP_KINDS, default_step_kind
 
 __all__ = ["build_parser", "main"]
 
@@ -20,8 +20,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--block",
         choices=sorted(STEP_KINDS),
-        default=DEFAULT_STEP_KIND,
-        help=f"kind of JKO step (default {DEFAULT_STEP_KIND}) - {kinds}",
+        default=None,
+        help=f"kind of JKO step (default: {DEFAULT_STEP_KIND} up to d = {AUTOREGRESSIVE_MAX_DIM}, "
+        f"coupling above) - {kinds}",
     )
     p.add_argument("--blocks", type=int, default=None, help="number of JKO steps")
     p.add_argument("--iterations", type=int, default=None, help="gradient steps per block")
@@ -109,7 +110,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .workflows import run_demo
 
     out = Path(args.out)
-    metrics = run_demo(out, block=args.block, seed=args.seed, progress=not args.quiet, **_overrides(args))
+    block = args.block or default_step_kind(2)
+    metrics = run_demo(out, block=block, seed=args.seed, progress=not args.quiet, **_overrides(args))
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
     return 0
@@ -125,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     x = load_samples(args.data)
     x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
-    config = default_config(args.block, seed=args.seed, **_overrides(args))
+    config = default_config(args.block or default_step_kind(x.shape[1]), seed=args.seed, **_overrides(args))
     metrics = run_training(x_train, x_test, out, config, resume=args.resume, progress=not args.quiet)
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
