@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .._ops import SOLVERS, integrate
+from .._ops import ACTIVATIONS, SOLVERS, integrate
 from .._validate import check_batch, choice, positive_int
 from .base import ProximalStep, Transport, check_interval
-from .velocity import VelocityMLP
+from .velocity import VelocityMLP, func_divergence
 
 __all__ = ["EXACT_TRACE_MAX_DIM", "TRACE_ESTIMATORS", "JKOBlock"]
 
@@ -41,6 +41,11 @@ class JKOBlock(ProximalStep):
             always exact.
         num_probes: Rademacher probes for the Hutchinson estimator.
         interval: ``(t0, t1)`` with ``t1 > t0``.
+        velocity: Your own velocity network instead of the MLP: an ``nn.Module`` called as
+            ``velocity(x, s)`` with ``x`` of shape ``(batch, d)`` and ``s`` the block's normalised
+            time in [0, 1], shape ``(batch,)``, returning ``(batch, d)``. Its divergence comes from
+            ``torch.func`` (``func_divergence``); ``hidden``, ``activation`` and ``time_dependent``
+            are unused. Such a block has no ``config()``: save it with its own module's code.
 
     References:
         Xu, Cheng, Xie, "Normalizing flow neural networks by JKO scheme", NeurIPS 2023.
@@ -66,13 +71,25 @@ class JKOBlock(ProximalStep):
         trace: str = "auto",
         num_probes: int = 1,
         interval: tuple[float, float] = (0.0, 1.0),
+        velocity: nn.Module | None = None,
     ) -> None:
         super().__init__(dim, "ode")
         choice("solver", solver, SOLVERS)
         choice("trace", trace, TRACE_ESTIMATORS)
         positive_int("steps", steps)
         positive_int("num_probes", num_probes)
-        self.velocity = VelocityMLP(dim, hidden, activation=activation, time_dependent=time_dependent)
+        if velocity is None:
+            velocity = VelocityMLP(dim, hidden, activation=activation, time_dependent=time_dependent)
+        elif not isinstance(velocity, nn.Module):
+            raise ValueError(f"velocity must be an nn.Module f(x, t), got {type(velocity).__name__}")
+        elif isinstance(velocity, VelocityMLP):
+            if velocity.dim != dim:
+                raise ValueError(f"velocity has dim {velocity.dim}, the block has dim {dim}")
+            # Describe the given MLP itself, so that config() rebuilds it.
+            hidden = [layer.out_features for layer in velocity.layers[:-1]]
+            activation = next(k for k, a in ACTIVATIONS.items() if a is velocity.act)
+            time_dependent = velocity.time_dependent
+        self.velocity = velocity
         self.hidden = tuple(hidden)
         self.activation = activation
         self.time_dependent = time_dependent
@@ -95,7 +112,17 @@ class JKOBlock(ProximalStep):
 
     # -- configuration ---------------------------------------------------------------------
     def config(self) -> dict:
-        """Constructor arguments (JSON-serialisable) that rebuild this block with ``JKOBlock(**config)``."""
+        """Constructor arguments (JSON-serialisable) that rebuild this block with ``JKOBlock(**config)``.
+
+        Raises:
+            ValueError: The block's velocity is a network of your own, which no config describes.
+        """
+        if not isinstance(self.velocity, VelocityMLP):
+            raise ValueError(
+                f"a JKOBlock with its own velocity network ({type(self.velocity).__name__}) has no "
+                "config to rebuild it from: save the flow with torch.save, or rebuild the block "
+                "with JKOBlock(dim, velocity=...) and load its state_dict"
+            )
         return {
             "dim": self.dim,
             "hidden": list(self.hidden),
@@ -132,7 +159,23 @@ class JKOBlock(ProximalStep):
         if not isinstance(s, Tensor):
             # A sampler's boundary stages sit a hair outside [t0, t1] (float32 intervals, BOUNDARY_EPS).
             s = min(max(s, 0.0), 1.0)
-        return self.velocity(x, s) / (t1 - t0)
+        return self._field(x, s, trace=False)[0] / (t1 - t0)
+
+    def _field(
+        self, x: Tensor, s: float | Tensor, *, trace: bool, probes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Velocity in normalised time and its divergence (``None`` when ``trace=False``; exact
+        unless ``probes`` are given): the MLP's tangents in its own pass, ``torch.func`` otherwise."""
+        net = self.velocity
+        if isinstance(net, VelocityMLP):
+            return net.forward_with_trace(x, s, probes) if trace else (net(x, s), None)
+        t = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        v, div = func_divergence(net, x, t, probes) if trace else (net(x, t), None)
+        if v.shape != x.shape:
+            raise ValueError(
+                f"the velocity network returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}"
+            )
+        return v, div
 
     def _use_exact_trace(self) -> bool:
         if not (self.training and torch.is_grad_enabled()):
@@ -155,11 +198,8 @@ class JKOBlock(ProximalStep):
         # Integrate in normalised time s in [0, 1]: dx/ds = f(x, s); |f|^2 dt = |f|^2 ds (with the
         # rescaled f), so the kinetic energy in flow time is the s-integral divided by (t1 - t0).
         def func(xs: Tensor, s: float) -> tuple[Tensor, tuple[Tensor, ...]]:
-            if trace:
-                v, div = self.velocity.forward_with_trace(xs, s, probes)
-                rates = (div,)
-            else:
-                v, rates = self.velocity(xs, s), ()
+            v, div = self._field(xs, s, trace=trace, probes=probes)
+            rates = () if div is None else (div,)
             return v, (*rates, v.square().sum(-1)) if kinetic else rates
 
         s0, s1 = (1.0, 0.0) if reverse else (0.0, 1.0)
@@ -192,6 +232,8 @@ class JKOBlock(ProximalStep):
         return x, log_det
 
     def extra_repr(self) -> str:
+        if not isinstance(self.velocity, VelocityMLP):
+            return f"dim={self.dim}, solver={self.solver!r}, steps={self.steps}, trace={self.trace!r}"
         return (
             f"dim={self.dim}, hidden={self.hidden}, activation={self.activation!r}, "
             f"solver={self.solver!r}, steps={self.steps}, trace={self.trace!r}"
