@@ -147,7 +147,8 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         """
         p = next(self.parameters())
         if latents is None:
-            latents = torch.randn(n, self.dim, generator=generator, dtype=p.dtype, device=p.device)
+            where = generator.device if generator is not None else p.device  # then moved, as diffusers does
+            latents = torch.randn(n, self.dim, generator=generator, dtype=p.dtype, device=where).to(p.device)
         return sample_ode(self.velocity, latents, steps=steps, solver=solver)
 
     @torch.no_grad()

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="gradient steps per method instead of a time budget"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device every method trains on (default: CUDA when available, else cpu)",
+    )
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
@@ -59,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         maf_root=getattr(args, "maf_root", None),
         verbose=True,
+        device=args.device,
     )
-    print(f"wrote {Path(args.out) / 'table.md'}, results.json and samples.png")
+    from ..plotting import PLOT_NOTE, can_plot
+
+    figure = " and samples.png" if can_plot() else ""
+    print(f"wrote {Path(args.out) / 'table.md'}, results.json{figure}")
+    if not figure:
+        print(PLOT_NOTE)
     return 0

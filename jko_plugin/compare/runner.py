@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..metrics import mmd, nll, wasserstein2
-from ..plotting import scatter_panels
+from ..plotting import can_plot, scatter_panels
+from ..training.distributed import resolve_device
 from .methods import DEFAULT_METHODS, METHODS, Budget
 
 __all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table"]
@@ -101,6 +102,8 @@ def _methods(methods: str | Sequence[str]) -> list[str]:
     for m in names:
         if m not in METHODS:
             raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+    for m in names:  # before any training: a missing optional package is named up front
+        METHODS[m].check_available()
     if len(set(names)) != len(names):
         raise ValueError(f"methods must not repeat a name, got {names}")
     return names
@@ -141,6 +144,7 @@ def compare(
     num_samples: int = NUM_SAMPLES,
     maf_root: str | Path | None = None,
     verbose: bool = False,
+    device: str | torch.device | None = "cpu",
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
 
@@ -165,6 +169,8 @@ def compare(
             standard training split, scores on the first ``num_test`` rows of its test split
             (raise both to use the full splits, as the published numbers do).
         verbose: Print progress and the table.
+        device: Where every method trains and samples (``None``: CUDA when available); the
+            metrics are computed on the CPU.
 
     Returns:
         One record per method (see the module docstring for the keys). A model whose test
@@ -177,6 +183,7 @@ def compare(
     """
     names = _methods(methods)
     budget = Budget(budget_seconds, steps)
+    device = resolve_device(device)
     for name, v in (
         ("num_train", num_train),
         ("num_test", num_test),
@@ -199,13 +206,17 @@ def compare(
         if verbose:
             print(f"[{label}] training {method} ...", flush=True)
         torch.manual_seed(seed)
-        result = METHODS[method].train(x_train, x_test, budget, seed)
+        # A method trains where its data lives.
+        result = METHODS[method].train(x_train.to(device), x_test.to(device), budget, seed)
         result.module.eval()
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
         with torch.no_grad():
             samples = result.sample(num_samples, gen)
+            if samples.device.type == "cuda":
+                torch.cuda.synchronize(samples.device)
         sample_seconds = time.perf_counter() - start
+        samples = samples.cpu()
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
         errors = []
@@ -263,5 +274,6 @@ def compare(
         (out / "table.md").write_text(header + "\n\n" + table + "\n")
         (out / "results.json").write_text(json.dumps(records, indent=1))
         panels = [("held-out data", x_test)] + list(samples_by_method.items())
-        scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
+        if can_plot():
+            scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
     return records
