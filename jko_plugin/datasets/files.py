@@ -77,7 +77,7 @@ def check_columns(x: Tensor | np.ndarray, *, max_levels: int = 20) -> list[str]:
     Raises:
         ValueError: Constant columns (listed with their value).
 
-    >>> [w[:36] for w in check_columns(np.c_[np.arange(100.0), np.arange(100) % 2])]
+    >>> [w[:37] for w in check_columns(np.c_[np.arange(100.0), np.arange(100) % 2])]
     ['column 1 takes only 2 distinct values']
     """
     x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
