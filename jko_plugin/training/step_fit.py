@@ -110,7 +110,7 @@ class StepFitter:
                 lr = optimizer[0].param_groups[0]["lr"]
                 self.update(loss, ddp, optimizer, params)
                 if on_step is not None:  # float() waits for the device: only when asked for
-                    values = [float(t) for t in terms]
+                    values = [float(t.detach()) for t in terms]
                     on_step(StepEvent(k, it, sum(values), *values, lr))
                 if it % 25 == 0 or it == iterations - 1:
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
