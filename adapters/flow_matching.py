@@ -27,7 +27,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from jko_plugin.adapters.budget import LR_SCHEDULES, FitHistory, TrainingBudget, fit_budgeted, lr_factor
 from torch import Tensor, nn
 
-from jko_plugin._validate import choice, positive_int
+from jko_plugin._validate import check_batch, check_timestep, choice, positive_int
+from jko_plugin.sampling.model import VelocityOutput
 from jko_plugin.sampling.ode import ode_log_prob, sample_ode
 from jko_plugin.steps.velocity import VelocityMLP
 
@@ -107,11 +108,15 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         """``dx/dsigma``; ``x`` of shape ``(batch, d)``, ``sigma`` a float or ``(batch,)`` in [0, 1]."""
         return self.net(x, sigma)
 
-    def forward(self, sample: Tensor, timestep: float | Tensor) -> Tensor:
-        """diffusers' contract: velocity at ``timestep = sigma * num_train_timesteps``."""
-        if isinstance(timestep, Tensor) and timestep.dim() > 0 and timestep.numel() == 1:
-            timestep = timestep.reshape(())
-        return self.net(sample, timestep / self.num_train_timesteps)
+    def forward(
+        self, sample: Tensor, timestep: float | Tensor, return_dict: bool = True
+    ) -> VelocityOutput | tuple[Tensor]:
+        """diffusers' contract: velocity at ``timestep = sigma * num_train_timesteps``, a number, a
+        one-element tensor or one per row ``(batch,)``; ``VelocityOutput`` or ``(velocity,)``."""
+        check_batch(sample, self.dim, "sample")
+        t = check_timestep(timestep, sample.shape[0])
+        v = self.net(sample, t / self.num_train_timesteps)
+        return VelocityOutput(sample=v) if return_dict else (v,)
 
     def interpolate(self, x: Tensor, z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """Path point ``x_sigma`` and target ``d x_sigma / d sigma``, for ``sigma`` of shape ``(batch,)``."""
@@ -142,7 +147,8 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         """
         p = next(self.parameters())
         if latents is None:
-            latents = torch.randn(n, self.dim, generator=generator, dtype=p.dtype, device=p.device)
+            where = generator.device if generator is not None else p.device  # then moved, as diffusers does
+            latents = torch.randn(n, self.dim, generator=generator, dtype=p.dtype, device=where).to(p.device)
         return sample_ode(self.velocity, latents, steps=steps, solver=solver)
 
     @torch.no_grad()
@@ -224,5 +230,6 @@ def sample_with_scheduler(
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     sample = latents
     for t in scheduler.timesteps:
-        sample = scheduler.step(model(sample, t), t, sample).prev_sample
+        out = model(sample, t)
+        sample = scheduler.step(getattr(out, "sample", out), t, sample).prev_sample
     return sample

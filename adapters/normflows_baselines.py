@@ -137,5 +137,7 @@ def sample_flow(flow: nf.NormalizingFlow, n: int, *, generator: torch.Generator 
     q0 = flow.q0
     if not isinstance(q0, nf.distributions.DiagGaussian):
         raise ValueError(f"sample_flow needs a DiagGaussian base, got {type(q0).__name__}")
-    eps = torch.randn((n, *q0.shape), generator=generator, dtype=q0.loc.dtype, device=q0.loc.device)
+    # Drawn where the generator lives, then moved: a CPU generator gives the same draws on any device.
+    where = generator.device if generator is not None else q0.loc.device
+    eps = torch.randn((n, *q0.shape), generator=generator, dtype=q0.loc.dtype, device=where).to(q0.loc.device)
     return flow.forward(q0.loc + torch.exp(q0.log_scale) * eps)

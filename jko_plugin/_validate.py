@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_points", "check_batch", "choice", "positive", "positive_int"]
+__all__ = ["as_points", "check_batch", "check_timestep", "choice", "positive", "positive_int"]
 
 
 def positive(name: str, value: object, *, below: float | None = None) -> float:
@@ -106,3 +106,28 @@ def as_points(
     if bad.any():
         raise ValueError(f"{name} contains NaN or inf in {int(bad.sum())} of {x.shape[0]} rows")
     return x if dtype is None else x.to(dtype)
+
+
+def check_timestep(timestep: object, batch: int) -> float | Tensor:
+    """A diffusers ``timestep`` as one float, or as a ``(batch,)`` tensor when its rows differ.
+
+    Accepted: a number, a one-element tensor, or a tensor of shape ``(batch,)`` (what a pipeline
+    passes; all-equal rows give one float).
+
+    >>> check_timestep(torch.tensor([0.5, 0.5]), 2), check_timestep(torch.tensor([0.1, 0.5]), 2)
+    (0.5, tensor([0.1000, 0.5000]))
+    """
+    if isinstance(timestep, Tensor):
+        if timestep.numel() == 1:
+            return float(timestep.reshape(()))
+        if timestep.shape != (batch,):
+            raise ValueError(
+                f"timestep must be a number, a one-element tensor or of shape (batch,) = ({batch},), "
+                f"got shape {tuple(timestep.shape)}"
+            )
+        if not torch.isfinite(timestep).all():
+            raise ValueError(f"timestep must be finite, got {timestep}")
+        return float(timestep[0]) if bool((timestep == timestep[0]).all()) else timestep
+    if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
+        raise ValueError(f"timestep must be a number or a tensor, got {timestep!r}")
+    return float(timestep)

@@ -48,6 +48,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available, else cpu; under "
+        "torchrun each process takes the GPU of its local rank)",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_device_option(p)
+    p.add_argument(
+        "--log-dir",
+        default=None,
+        help="also write TensorBoard scalars there: loss terms per iteration, diagnostics per block "
+        "(needs: pip install tensorboard)",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     names = {
         "blocks": "num_blocks",
@@ -75,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out; replaced)")
     _add_model_options(demo)
+    _add_run_options(demo)
 
     train = sub.add_parser("train", help="train a JKO flow on your data (.npy or .csv)")
     train.add_argument("--data", required=True, help="samples, one row per point (.npy or .csv)")
@@ -83,12 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
     _add_model_options(train)
+    _add_run_options(train)
 
     sample = sub.add_parser("sample", help="draw samples from a trained model")
     sample.add_argument("--model", required=True, help="a model folder (OUT/model of train or demo)")
     sample.add_argument("-n", type=int, required=True, help="number of samples")
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
+    _add_device_option(sample)
 
     from .compare.cli import add_arguments
 
@@ -99,19 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(metrics: dict, out: Path) -> None:
+    from .plotting import PLOT_NOTE
+
     print(
         f"test NLL {metrics['test_nll']:.4f} nats | W2 to held-out {metrics['w2']:.4f} "
         f"(data-vs-data floor {metrics['w2_floor']:.4f}) | training {metrics['train_seconds']:.1f} s"
     )
-    print(f"wrote {out / 'metrics.json'}, {out / 'samples.png'}, {out / 'model'}")
+    for line in metrics.get("warnings", []):  # only figures shown above that are actually off
+        print(f"warning: {line}", file=sys.stderr)
+    written = ["metrics.json", *metrics.get("figures", []), "model"]
+    print("wrote " + ", ".join(str(out / f) for f in written))
+    if not metrics.get("figures"):
+        print(PLOT_NOTE)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .workflows import run_demo
 
     out = Path(args.out)
-    block = args.block or default_step_kind(2)
-    metrics = run_demo(out, block=block, seed=args.seed, progress=not args.quiet, **_overrides(args))
+    metrics = run_demo(
+        out,
+        block=args.block or default_step_kind(2),
+        seed=args.seed,
+        progress=not args.quiet,
+        device=args.device,
+        log_dir=args.log_dir,
+        **_overrides(args),
+    )
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
     return 0
@@ -119,6 +155,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .datasets import load_samples, train_test_split
+    from .datasets.files import check_columns, describe_scale
+    from .training.options import TrainingDiverged
     from .workflows import default_config, run_training
 
     out = Path(args.out)
@@ -126,9 +164,35 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {out} holds an earlier run; pass --resume or --overwrite", file=sys.stderr)
         return 2
     x = load_samples(args.data)
-    x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
+    notes = check_columns(x)  # refuses a constant column before anything is trained
     config = default_config(args.block or default_step_kind(x.shape[1]), seed=args.seed, **_overrides(args))
-    metrics = run_training(x_train, x_test, out, config, resume=args.resume, progress=not args.quiet)
+    if not config.standardize:  # otherwise Standardize.fit gives the same advice
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+    x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
+    try:
+        metrics = run_training(
+            x_train,
+            x_test,
+            out,
+            config,
+            resume=args.resume,
+            progress=not args.quiet,
+            device=args.device,
+            log_dir=args.log_dir,
+        )
+    except TrainingDiverged as err:
+        advice = (
+            "train without --no-standardize (a Standardize layer fitted on the training split)"
+            if not config.standardize
+            else "lower --lr or use more solver steps"
+        )
+        print(
+            f"error: {err}. The data's scale may be the cause ({describe_scale(x)}): the model "
+            f"expects roughly unit scale; {advice}",
+            file=sys.stderr,
+        )
+        return 1
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
     return 0
@@ -139,6 +203,7 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from .sampling.pipeline import JKOFlowPipeline
+    from .training.distributed import resolve_device
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
@@ -147,7 +212,15 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         print(f"error: -n must be a positive integer, got {args.n}", file=sys.stderr)
         return 2
-    pipe = JKOFlowPipeline.from_pretrained(args.model)
+    if not Path(args.model).is_dir():
+        print(
+            f"error: --model {args.model}: no such folder (give a model folder written by train or "
+            "demo, OUT/model)",
+            file=sys.stderr,
+        )
+        return 2
+    device = resolve_device(args.device)
+    pipe = JKOFlowPipeline.from_pretrained(args.model).to(device)
     samples = pipe(
         batch_size=args.n, generator=torch.Generator().manual_seed(args.seed), output_type="np"
     ).samples
@@ -174,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return commands[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError, ImportError) as err:  # OSError: unreadable files; ImportError: extras
         print(f"error: {err}", file=sys.stderr)
         return 2
 

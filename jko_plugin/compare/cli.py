@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="give the methods the data as it is (default: standardised on the training split, "
         "scored in data units)",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device every method trains on (default: CUDA when available, else cpu)",
+    )
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
@@ -71,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         maf_root=getattr(args, "maf_root", None),
         standardize=getattr(args, "standardize", True),
         verbose=True,
+        device=args.device,
     )
+    from ..plotting import PLOT_NOTE, can_plot
+
     if getattr(args, "seeds", None):
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -81,5 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.out) / 'table.md'}, results.json and one folder per seed")
     else:
         compare(args.dataset, args.methods, seed=args.seed, **options)
-        print(f"wrote {Path(args.out) / 'table.md'}, results.json and samples.png")
+        figure = " and samples.png" if can_plot() else ""
+        print(f"wrote {Path(args.out) / 'table.md'}, results.json{figure}")
+    if not can_plot():
+        print(PLOT_NOTE)
     return 0

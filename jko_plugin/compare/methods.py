@@ -24,6 +24,7 @@ __all__ = [
     "JKOMethod",
     "Method",
     "NormflowsMethod",
+    "PeerFlowMatchingMethod",
     "TrainedModel",
 ]
 
@@ -83,10 +84,22 @@ class TrainedModel:
 
 
 class Method:
-    """A comparison method: ``train(x, x_val, budget, seed) -> TrainedModel``."""
+    """A comparison method: ``train(x, x_val, budget, seed) -> TrainedModel``, on ``x``'s device."""
 
     name: str = ""
     summary: str = ""
+    #: Import names of the optional packages the method needs (see ``adapters.peers.INSTALL_HINTS``).
+    requires: tuple[str, ...] = ()
+
+    def check_available(self) -> None:
+        """Raise ``ImportError`` naming the install command if a package in ``requires`` is missing."""
+        from ..adapters.peers import require
+
+        for package in self.requires:
+            try:
+                require(package)
+            except ImportError as err:
+                raise ImportError(f"compare method {self.name!r}: {err}") from err
 
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         """Train on ``x`` within ``budget`` (``x_val``: held-out points for diagnostics only)."""
@@ -117,8 +130,8 @@ class JKOMethod(Method):
 
         config = self.config(x.shape[1], seed)
         start = time.perf_counter()
-        flow = build_flow(config, x.shape[1])
-        trainer = make_trainer(config, flow, x.shape[0], progress=False)
+        flow = build_flow(config, x.shape[1]).to(x.device)
+        trainer = make_trainer(config, flow, x.shape[0], progress=False, device=str(x.device))
         details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
         if budget.steps is not None:
             plan = FixedIterations(max(1, budget.steps // config.num_blocks))
@@ -181,13 +194,14 @@ class FlowMatchingMethod(Method):
 
     def __init__(self, name: str, coupling: str, summary: str) -> None:
         self.name, self.coupling, self.summary = name, coupling, summary
+        self.requires = ("ot",) if coupling == "ot" else ()
 
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = FlowMatchingModel(x.shape[1])
+            model = FlowMatchingModel(x.shape[1]).to(x.device)
         history = fit_flow_matching(
             model,
             x,
@@ -212,6 +226,47 @@ class FlowMatchingMethod(Method):
         )
 
 
+class PeerFlowMatchingMethod(Method):
+    """Flow matching trained by a real peer library (``adapters.peers``): torchcfm's matchers or Meta
+    ``flow_matching``'s ``CondOTProbPath``, on the same MLP, budget, batch and learning rate as
+    ``cfm``. torchcfm's model is sampled and scored by our ODE code (12 RK4 / 64 RK4 steps, as
+    ``cfm``); ``flow_matching``'s by its own ``ODESolver`` (``sample``, ``compute_likelihood``)
+    with the same fixed RK4 grids.
+    """
+
+    def __init__(self, name: str, library: str, summary: str, *, ot: bool = False) -> None:
+        self.name, self.library, self.summary, self.ot = name, library, summary, ot
+        self.requires = (library,)
+
+    def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
+        from ..adapters import peers
+        from ..adapters.flow_matching import FlowMatchingModel
+
+        self.check_available()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FlowMatchingModel(x.shape[1]).to(x.device)
+        common = dict(
+            steps=budget.steps,
+            budget_seconds=budget.seconds,
+            batch_size=min(BATCH_SIZE, x.shape[0]),
+            lr=PEER_LR,
+            seed=seed,
+        )
+        details = {"library": self.library, "sample_solver": f"{FM_SAMPLE_STEPS} x rk4"}
+        if self.library == "torchcfm":
+            history = peers.fit_torchcfm(model, x, ot=self.ot, **common)
+            sample = lambda n, gen: model.sample(n, steps=FM_SAMPLE_STEPS, solver="rk4", generator=gen)  # noqa: E731
+            log_prob = lambda xb: model.log_prob(xb, steps=FM_NLL_STEPS, solver="rk4")  # noqa: E731
+        else:
+            history = peers.fit_flow_matching_lib(model, x, **common)
+            sample = lambda n, gen: peers.flow_matching_sample(model, n, steps=FM_SAMPLE_STEPS, generator=gen)  # noqa: E731
+            log_prob = lambda xb: peers.flow_matching_log_prob(model, xb, steps=FM_NLL_STEPS)  # noqa: E731
+        details["nll_solver"] = f"{FM_NLL_STEPS} x rk4, exact divergence"
+        nfe = solver_nfe(FM_SAMPLE_STEPS, "rk4")
+        return TrainedModel(model, sample, log_prob, nfe, history.seconds, history.steps, details)
+
+
 class NormflowsMethod(Method):
     """A normflows baseline (``adapters.normflows_baselines``) trained by maximum likelihood."""
 
@@ -223,7 +278,7 @@ class NormflowsMethod(Method):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            flow = make_baseline(self.name, x.shape[1])
+            flow = make_baseline(self.name, x.shape[1]).to(x.device)
         history = fit_maximum_likelihood(
             flow,
             x,
@@ -254,7 +309,19 @@ METHODS: dict[str, Method] = {
         FlowMatchingMethod("otcfm", "ot", "flow matching with exact minibatch OT coupling (OT-CFM)"),
         NormflowsMethod("realnvp", "normflows RealNVP, maximum likelihood"),
         NormflowsMethod("nsf", "normflows neural spline flow, maximum likelihood"),
+        PeerFlowMatchingMethod("torchcfm", "torchcfm", "torchcfm's ConditionalFlowMatcher (I-CFM)"),
+        PeerFlowMatchingMethod(
+            "torchcfm-ot", "torchcfm", "torchcfm's ExactOptimalTransportConditionalFlowMatcher", ot=True
+        ),
+        PeerFlowMatchingMethod(
+            "flow_matching", "flow_matching", "Meta flow_matching: CondOTProbPath, ODESolver"
+        ),
     )
 }
-#: What ``jko-flow compare`` runs by default: the first six (the coupling JKO flow is opt-in).
-DEFAULT_METHODS = ",".join(name for name in METHODS if name != "jko-coupling")
+#: The methods ``compare`` runs by default: the six of the first comparison, which need nothing
+#: beyond the base install (the real peers, extras, and the coupling JKO flow are asked for by name).
+DEFAULT_METHODS = ",".join(
+    name
+    for name, m in METHODS.items()
+    if not isinstance(m, PeerFlowMatchingMethod) and name != "jko-coupling"
+)

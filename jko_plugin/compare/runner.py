@@ -6,11 +6,12 @@ held-out points with the same metrics, and writes ``table.md``, ``results.json``
 ``samples.png``. The command line ``jko-flow compare`` is ``compare.cli``.
 
 Methods are the registry ``METHODS`` (``compare.methods``): ``jko`` (ODE blocks), ``jko-spline``,
-``cfm``, ``otcfm``, ``realnvp`` and ``nsf``; each trains within the budget, samples, scores its
-log-density and counts its NFE. Budgets: with ``budget_seconds`` every method trains until its
-clock runs out (a JKO flow through the trainer's ``TimeBudget`` plan, calibration included in
-``train_seconds``); with ``steps`` every method takes that many gradient steps (a JKO flow
-``steps // num_blocks`` per block).
+``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` (the default list), and the real peers ``torchcfm``,
+``torchcfm-ot`` and ``flow_matching`` when installed (``adapters.peers``); each trains within the
+budget, samples, scores its log-density and counts its NFE. Budgets: with ``budget_seconds``
+every method trains until its clock runs out (a JKO flow through the trainer's ``TimeBudget``
+plan, calibration included in ``train_seconds``); with ``steps`` every method takes that many
+gradient steps (a JKO flow ``steps // num_blocks`` per block).
 
 Metrics, all on the same held-out points: ``test_nll`` (exact: change of variables, or the
 exact-divergence ODE for flow matching with 64 RK4 steps); ``w2`` from ``n`` model samples to
@@ -36,9 +37,11 @@ from torch import Tensor, nn
 
 from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
+from ..datasets.files import check_columns
 from ..metrics import mmd, nll, wasserstein2
-from ..plotting import scatter_panels
-from ..steps.normalize import Standardize, check_columns
+from ..plotting import can_plot, scatter_panels
+from ..steps.normalize import Standardize
+from ..training.distributed import resolve_device
 from .methods import DEFAULT_METHODS, METHODS, Budget, TrainedModel
 
 __all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table", "in_data_units"]
@@ -142,6 +145,8 @@ def _methods(methods: str | Sequence[str]) -> list[str]:
     for m in names:
         if m not in METHODS:
             raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+    for m in names:  # before any training: a missing optional package is named up front
+        METHODS[m].check_available()
     if len(set(names)) != len(names):
         raise ValueError(f"methods must not repeat a name, got {names}")
     return names
@@ -186,6 +191,7 @@ def compare(
     maf_root: str | Path | None = None,
     standardize: bool = True,
     verbose: bool = False,
+    device: str | torch.device | None = "cpu",
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
 
@@ -213,6 +219,8 @@ def compare(
             standardised data; each method is then scored as ``Standardize`` followed by its model,
             so NLLs (the log-determinant included) and samples are in the data's own units.
         verbose: Print progress and the table.
+        device: Where every method trains and samples (``None``: CUDA when available); the
+            metrics are computed on the CPU.
 
     Returns:
         One record per method (see the module docstring for the keys). A model whose test
@@ -225,6 +233,7 @@ def compare(
     """
     names = _methods(methods)
     budget = Budget(budget_seconds, steps)
+    device = resolve_device(device)
     for name, v in (
         ("num_train", num_train),
         ("num_test", num_test),
@@ -242,27 +251,31 @@ def compare(
     true_nll = (
         float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
     )
-    norm = Standardize.fit(x_train, warn=False) if standardize else None
-    if norm is not None:
-        for note in check_columns(x_train):
-            warnings.warn(note, UserWarning, stacklevel=2)
+    for note in check_columns(x_train):  # refuses constant columns, warns on discrete ones
+        warnings.warn(note, UserWarning, stacklevel=2)
+    norm = Standardize.fit(x_train, warn=False).to(device) if standardize else None
     records, samples_by_method = [], {}
     for method in names:
         if verbose:
             print(f"[{label}] training {method} ...", flush=True)
         torch.manual_seed(seed)
+        # A method trains where its data lives.
+        inputs = x_train.to(device), x_test.to(device)
         if norm is None:
-            result = METHODS[method].train(x_train, x_test, budget, seed)
+            result = METHODS[method].train(*inputs, budget, seed)
         else:
             with torch.no_grad():
-                inputs = norm.inverse(x_train)[0], norm.inverse(x_test)[0]
+                inputs = tuple(norm.inverse(x)[0] for x in inputs)
             result = in_data_units(METHODS[method].train(*inputs, budget, seed), norm)
         result.module.eval()
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
         with torch.no_grad():
             samples = result.sample(num_samples, gen)
+            if samples.device.type == "cuda":
+                torch.cuda.synchronize(samples.device)
         sample_seconds = time.perf_counter() - start
+        samples = samples.cpu()
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
         errors = []
@@ -322,5 +335,6 @@ def compare(
         (out / "table.md").write_text(header + "\n\n" + table + "\n")
         (out / "results.json").write_text(json.dumps(records, indent=1))
         panels = [("held-out data", x_test)] + list(samples_by_method.items())
-        scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
+        if can_plot():
+            scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
     return records

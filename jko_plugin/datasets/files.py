@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._common import Seed, _rng, _tensor
 
-__all__ = ["load_samples", "train_test_split"]
+__all__ = ["check_columns", "describe_scale", "load_samples", "train_test_split"]
 
 
 def load_samples(path: str | Path) -> Tensor:
@@ -61,3 +61,56 @@ def train_test_split(x: Tensor, test_fraction: float = 0.2, *, seed: Seed = 0) -
         raise ValueError(f"test_fraction={test_fraction} of {n} rows leaves an empty part")
     perm = torch.from_numpy(_rng(seed).permutation(n))
     return x[perm[n_test:]], x[perm[:n_test]]
+
+
+def check_columns(x: Tensor | np.ndarray, *, max_levels: int = 20) -> list[str]:
+    """The column checks before fitting a density to ``x`` (n, d): the one place for them.
+
+    A constant column makes any density on ``R^d`` degenerate (the likelihood runs off to
+    infinity on it), so it is refused. A column with at most ``max_levels`` distinct values (and
+    at least 10 rows per value) looks discrete: a continuous density puts narrow spikes on its
+    values, which is allowed but reported.
+
+    Returns:
+        One warning line per discrete-looking column (empty if none).
+
+    Raises:
+        ValueError: Constant columns (listed with their value).
+
+    >>> [w[:37] for w in check_columns(np.c_[np.arange(100.0), np.arange(100) % 2])]
+    ['column 1 takes only 2 distinct values']
+    """
+    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (n, d), got shape {x.shape}")
+    n = x.shape[0]
+    constant = [j for j in range(x.shape[1]) if n > 1 and np.all(x[:, j] == x[0, j])]
+    if constant:
+        cols = ", ".join(f"{j} (every row is {x[0, j]:g})" for j in constant)
+        plural = "columns" if len(constant) > 1 else "column"
+        raise ValueError(
+            f"{plural} {cols} {'are' if len(constant) > 1 else 'is'} constant: a density on it is "
+            "degenerate; drop it and train on the other columns"
+        )
+    warnings = []
+    for j in range(x.shape[1]):
+        values = np.unique(x[:, j])
+        if values.size <= max_levels and n >= 10 * values.size:
+            step = float(np.diff(values).min())
+            warnings.append(
+                f"column {j} takes only {values.size} distinct values in {n} rows: it looks discrete, and a "
+                f"continuous density puts narrow spikes there (dequantise it with uniform noise of one step, "
+                f"x[:, {j}] + U(0, {step:g}), or drop it)"
+            )
+    return warnings
+
+
+def describe_scale(x: Tensor | np.ndarray) -> str:
+    """The data's scale in words, for messages: per-column standard deviations and the largest |value|.
+
+    >>> describe_scale(np.array([[0.0, 10.0], [2.0, 30.0]]))
+    'column standard deviations 1 to 10, largest |value| 30'
+    """
+    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    std, top = x.std(axis=0), np.abs(x).max()
+    return f"column standard deviations {std.min():.3g} to {std.max():.3g}, largest |value| {top:.3g}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,12 @@ import normflows as nf
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, BaseOutput
 from normflows.flows import Flow
 from torch import Tensor, nn
 
 from .._ops import standard_normal_log_prob
-from .._validate import check_batch, choice, positive_int
+from .._validate import check_batch, check_timestep, choice, positive_int
 from ..schedule import FLOAT32_RTOL, OnStepSchedule, StepSchedule
 from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
@@ -25,11 +26,23 @@ from ..steps.layers import build_layer, describe_layer
 from ..steps.map import JKOStep
 from ._grid import BOUNDARY_EPS
 
-__all__ = ["JKOFlowModel"]
+__all__ = ["JKOFlowModel", "VelocityOutput"]
 
 #: The classes that rebuild a saved JKO step, by its ``block_type``.
 _STEP_CLASSES: dict[str, type[ProximalStep]] = {"ode": JKOBlock, "map": JKOStep}
 _SPEC_TYPES = (*_STEP_CLASSES, "layer")
+
+
+@dataclass
+class VelocityOutput(BaseOutput):
+    """What a velocity model's ``forward`` returns (diffusers' convention; a tuple with
+    ``return_dict=False``).
+
+    Attributes:
+        sample: The velocity ``dx/dt``, shape ``(batch, dim)``.
+    """
+
+    sample: Tensor
 
 
 def _describe(layer: Flow) -> dict:
@@ -86,7 +99,7 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
         >>> flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2, trainable=False),
         ...                           [JKOBlock(2, interval=(0.25, 0.6)), JKOBlock(2, interval=(0.0, 0.25))])
         >>> model = JKOFlowModel.from_normflows(flow)
-        >>> model(torch.randn(4, 2), 0.3).shape
+        >>> model(torch.randn(4, 2), 0.3).sample.shape
         torch.Size([4, 2])
     """
 
@@ -159,14 +172,33 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
         self.register_to_config(step_sizes=list(schedule.step_sizes))
 
     # -- evaluation ------------------------------------------------------------------------
-    def forward(self, sample: Tensor, timestep: float | Tensor) -> Tensor:
-        """Velocity ``dx/dt`` at flow time ``timestep``; ``sample`` and result of shape ``(batch, dim)``.
+    def forward(
+        self, sample: Tensor, timestep: float | Tensor, return_dict: bool = True
+    ) -> VelocityOutput | tuple[Tensor]:
+        """Velocity ``dx/dt`` at flow time ``timestep``; ``sample`` and velocity of shape ``(batch, dim)``.
+
+        Args:
+            sample: Points ``(batch, dim)``.
+            timestep: A flow time (number or one-element tensor), or one per row, shape ``(batch,)``
+                (a pipeline passes all-equal rows). Rows at different times each get the velocity
+                of the step (or layer event) at their own time.
+            return_dict: ``VelocityOutput`` (default) or the tuple ``(velocity,)``.
 
         Raises:
             ValueError: A bad ``sample`` or ``timestep``, or a map step asked away from its ``T_k``.
         """
         check_batch(sample, self.dim, "sample")
-        t = _scalar_time(timestep)
+        t = check_timestep(timestep, sample.shape[0])
+        if isinstance(t, float):
+            v = self._velocity(sample, t)
+        else:
+            v = sample.new_empty(sample.shape)
+            for value in torch.unique(t):
+                rows = t == value
+                v[rows] = self._velocity(sample[rows], float(value))
+        return VelocityOutput(sample=v) if return_dict else (v,)
+
+    def _velocity(self, sample: Tensor, t: float) -> Tensor:
         bounds = self._schedule.boundaries
         for j, layers in self._layers_at().items():
             if abs(t - bounds[j]) <= 0.1 * BOUNDARY_EPS * min(self._schedule.step_sizes):
@@ -312,13 +344,3 @@ def _checkpoint_dtype(path: Path) -> torch.dtype:
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise OSError(f"cannot read weights file {path}: {e}") from e
     return torch.float32
-
-
-def _scalar_time(timestep: float | Tensor) -> float:
-    if isinstance(timestep, Tensor):
-        if timestep.numel() != 1:
-            raise ValueError(f"timestep must be a single time, got shape {tuple(timestep.shape)}")
-        return float(timestep.reshape(()))
-    if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
-        raise ValueError(f"timestep must be a number or a one-element tensor, got {timestep!r}")
-    return float(timestep)

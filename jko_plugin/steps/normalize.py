@@ -10,49 +10,9 @@ from normflows.flows import Flow
 from torch import Tensor
 
 from .._validate import as_points, check_batch, positive_int
+from ..datasets.files import check_columns
 
-__all__ = ["DISCRETE_MAX_VALUES", "Standardize", "check_columns"]
-
-#: A column with at most this many distinct values (among at least 5x as many rows) looks discrete.
-DISCRETE_MAX_VALUES = 20
-
-
-def check_columns(x: Tensor) -> list[str]:
-    """Refuse constant columns; return one warning line per column that looks discrete.
-
-    A constant column carries no density (its log-likelihood is unbounded), and a column with
-    few distinct values is a discrete variable whose continuous density is degenerate: both need
-    the user's decision, so neither is changed silently.
-
-    Raises:
-        ValueError: A constant column, naming its index and value.
-
-    Example:
-        >>> x = torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
-        >>> check_columns(x)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: column 1 is constant (every row is 1.0): ... drop it (e.g. x[:, [0]])
-    """
-    x = as_points(x, "x")
-    n, d = x.shape
-    notes = []
-    for j in range(d):
-        values = torch.unique(x[:, j])
-        if values.numel() == 1:
-            keep = [i for i in range(d) if i != j]
-            raise ValueError(
-                f"column {j} is constant (every row is {float(values[0])}): a constant column has no "
-                f"density; drop it (e.g. x[:, {keep if len(keep) <= 8 else '...'}])"
-            )
-        if values.numel() <= DISCRETE_MAX_VALUES and n >= 5 * values.numel():
-            step = float((values[1:] - values[:-1]).min())
-            notes.append(
-                f"column {j} takes only {values.numel()} distinct values: it looks discrete, and a "
-                f"continuous density on it is degenerate; dequantise it (add uniform noise of one step, "
-                f"x[:, {j}] + U(0, {step:g})) or drop it"
-            )
-    return notes
+__all__ = ["Standardize"]
 
 
 class Standardize(Flow):
@@ -99,7 +59,7 @@ class Standardize(Flow):
         the median and the interquartile range / 1.349 (the standard deviation of a Gaussian).
 
         Raises:
-            ValueError: A constant column (see ``check_columns``), or bad data.
+            ValueError: A constant column (see ``datasets.files.check_columns``), or bad data.
         """
         x = as_points(x, "x")
         notes = check_columns(x)

@@ -3,8 +3,9 @@ r"""Block-wise JKO training: trainer, options, budgets, flow surgery, checkpoint
 from .budget import FixedIterations, IterationCosts, IterationPlan, TimeBudget
 from .checkpoint import CheckpointError
 from .distributed import DistributedError
-from .history import BlockRecord, TrainingHistory
+from .history import BlockRecord, StepEvent, TrainingHistory
 from .options import TrainerOptions, TrainingDiverged
+from .tracking import TensorBoardLogger
 from .trainer import JKOTrainer
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "IterationCosts",
     "IterationPlan",
     "JKOTrainer",
+    "StepEvent",
+    "TensorBoardLogger",
     "TimeBudget",
     "TrainerOptions",
     "TrainingDiverged",

@@ -38,6 +38,7 @@ __all__ = [
     "LossTerms",
     "wrap_ddp",
     "is_main_process",
+    "resolve_device",
 ]
 
 BACKENDS = ("gloo", "nccl")
@@ -268,5 +269,34 @@ def wrap_ddp(module: nn.Module, ctx: DistributedContext, device: torch.device) -
 
 
 def is_main_process() -> bool:
-    """False only in a process group's ranks other than 0 (for code that writes outputs)."""
-    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+    """False only in a process group's ranks other than 0 (for code that writes outputs); before
+    the group exists, torchrun's ``RANK`` tells."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device of this process: ``device``, or by default CUDA when available, else the CPU.
+
+    Under ``torchrun`` a bare ``"cuda"`` (or the default) means this process's GPU,
+    ``cuda:LOCAL_RANK``: one GPU per local rank, and NCCL as the trainer's automatic backend.
+
+    Raises:
+        ValueError: An unknown device string, or CUDA asked for where it is not available.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use 'cpu'")
+        if device.index is None and _env_world_size() > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device

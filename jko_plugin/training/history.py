@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["BlockRecord", "TrainingHistory", "knn_entropy"]
+__all__ = ["BlockRecord", "StepEvent", "TrainingHistory", "knn_entropy"]
 
 
 @dataclass
@@ -44,6 +44,29 @@ class BlockRecord:
     inversion_error: float
     seconds: float
     iterations: int = 0
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One training iteration, as ``JKOTrainer.fit(on_step=...)`` reports it (this process's batch).
+
+    Attributes:
+        block: The block being trained (1 = the data side).
+        iteration: Iteration within the block, from 0.
+        loss: The JKO objective on the batch, ``potential + neg_log_det + transport``.
+        potential: ``E|T(x)|^2 / 2`` on the batch.
+        neg_log_det: ``E[-log|det dT(x)|]`` on the batch (a Hutchinson estimate if training uses one).
+        transport: The proximal term ``E|T(x) - x|^2 / (2 h)`` on the batch.
+        lr: The learning rate of this iteration.
+    """
+
+    block: int
+    iteration: int
+    loss: float
+    potential: float
+    neg_log_det: float
+    transport: float
+    lr: float
 
 
 @dataclass

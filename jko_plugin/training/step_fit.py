@@ -3,6 +3,7 @@ r"""Training one JKO step on its proximal loss, and measuring the trained step o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..steps.base import ProximalStep, Transport
 from .distributed import DistributedContext, LossTerms, wrap_ddp
+from .history import StepEvent
 from .options import OPTIMIZERS, TrainerOptions, TrainingDiverged
 
 __all__ = ["StepFitter"]
@@ -37,9 +39,13 @@ class StepFitter:
         return (optimizer, sched), params
 
     def loss(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Tensor:
+        return _total(self.terms(step, ddp, batch, h))
+
+    def terms(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Sequence[Tensor]:
+        """The three loss terms on ``batch`` (see ``loss_terms``), through DDP when it wraps the step."""
         if ddp is None:
-            return sum(self.loss_terms(step, step.transport(batch), h))
-        return self.ctx.guard("DDP forward", lambda: ddp(batch)).sum()
+            return self.loss_terms(step, step.transport(batch), h)
+        return self.ctx.guard("DDP forward", lambda: ddp(batch))
 
     def update(self, loss: Tensor, ddp: nn.Module | None, optimizer: tuple, params: list) -> None:
         opt, sched = optimizer
@@ -55,9 +61,17 @@ class StepFitter:
             sched.step()
 
     def train(
-        self, step: ProximalStep, data: Tensor, h: float, k: int, iterations: int, num_blocks: int
+        self,
+        step: ProximalStep,
+        data: Tensor,
+        h: float,
+        k: int,
+        iterations: int,
+        num_blocks: int,
+        on_step: Callable[[StepEvent], None] | None = None,
     ) -> None:
-        """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``."""
+        """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``;
+        ``on_step`` gets a ``StepEvent`` after every iteration."""
         opts, ctx = self.options, self.ctx
         optimizer, params = self.optimizer(step, iterations)
         # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
@@ -85,14 +99,19 @@ class StepFitter:
                     order, pos = torch.randperm(n, generator=gen), 0
                 batch = data[order[pos : pos + batch_size].to(data.device)]
                 pos += batch_size
-                loss = self.loss(step, ddp, batch, h)
+                terms = self.terms(step, ddp, batch, h)
+                loss = _total(terms)
                 # Decided over all ranks before any backward, so that every rank stops at the same iteration.
                 if not ctx.all_true(bool(torch.isfinite(loss))):
                     raise TrainingDiverged(
                         f"block {k} diverged at iteration {it} (loss {loss.item()}); "
                         "lower lr, set grad_clip, or use more solver steps"
                     )
+                lr = optimizer[0].param_groups[0]["lr"]
                 self.update(loss, ddp, optimizer, params)
+                if on_step is not None:  # float() waits for the device: only when asked for
+                    values = [float(t.detach()) for t in terms]
+                    on_step(StepEvent(k, it, sum(values), *values, lr))
                 if it % 25 == 0 or it == iterations - 1:
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
 
@@ -151,3 +170,8 @@ class StepFitter:
         sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
         val_z, val_ld = self.push(step, val)
         return torch.cat(zs), sums, val_z, val_ld, inv_err
+
+
+def _total(terms: Sequence[Tensor]) -> Tensor:
+    # DDP's module returns the terms stacked, (3,); one process, a tuple of three scalars.
+    return terms.sum() if isinstance(terms, Tensor) else sum(terms)

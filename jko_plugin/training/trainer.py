@@ -23,7 +23,7 @@ from ..steps.kinds import fresh_like, jko_steps
 from .budget import FixedIterations, IterationCosts, IterationPlan
 from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
 from .distributed import DistributedContext, setup, shard
-from .history import BlockRecord, TrainingHistory, knn_entropy
+from .history import BlockRecord, StepEvent, TrainingHistory, knn_entropy
 from .options import MODEL_OPTIONS, TrainerOptions
 from .step_fit import StepFitter
 from .surgery import append_step, drop_steps_after, grow_to, renew_steps
@@ -107,6 +107,7 @@ class JKOTrainer:
         overwrite: bool = False,
         callback: Callable[[BlockRecord], None] | None = None,
         plan: IterationPlan | None = None,
+        on_step: Callable[[StepEvent], None] | None = None,
     ) -> TrainingHistory:
         """Train the flow's JKO steps in place, data side first; return the per-block history.
 
@@ -125,6 +126,8 @@ class JKOTrainer:
             callback: Called with each block's record after it is saved (on every rank).
             plan: Iterations per block (``training.budget``: e.g. ``TimeBudget``); default
                 ``FixedIterations(options.iterations)``.
+            on_step: Called after every training iteration with a ``StepEvent`` (block, iteration,
+                loss terms on this rank's batch, learning rate), on every rank: e.g. a tracker.
 
         Raises:
             ValueError: Bad data (NaN/inf rows, wrong dimension, fewer points than a batch).
@@ -165,10 +168,10 @@ class JKOTrainer:
             ctx.broadcast_module(self.flow)
         self.history.data_entropy = ctx.broadcast_object(knn_entropy(x_val) if ctx.is_main else None)
         x, x_val = shard(x, ctx).to(device), shard(x_val, ctx).to(device)
-        self._run(x, x_val, done, checkpoint_dir, callback, plan)
+        self._run(x, x_val, done, checkpoint_dir, callback, plan, on_step)
         for adaptation in opts.adapt:
             self._adapt(adaptation)
-            self._run(x, x_val, 0, None, callback, plan)
+            self._run(x, x_val, 0, None, callback, plan, on_step)
         self.flow.eval()
         if opts.progress and ctx.is_main:
             tqdm.write(self.history.summary())
@@ -236,6 +239,7 @@ class JKOTrainer:
         ckpt: Path | None,
         callback: Callable | None,
         plan: IterationPlan,
+        on_step: Callable | None = None,
     ) -> None:
         opts, ctx = self.options, self.distributed
         val_log_det = val.new_zeros(val.shape[0])
@@ -256,7 +260,7 @@ class JKOTrainer:
                 if opts.warm_start and k > 1:
                     _warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
-                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks)
+                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks, on_step)
             data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h)
             val_log_det = val_log_det + ld
             if k > done:
