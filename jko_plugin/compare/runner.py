@@ -6,7 +6,8 @@ held-out points with the same metrics, and writes ``table.md``, ``results.json``
 ``samples.png``. The command line ``jko-flow compare`` is ``compare.cli``.
 
 Methods are the registry ``METHODS`` (``compare.methods``): ``jko`` (ODE blocks), ``jko-spline``,
-``cfm``, ``otcfm``, ``realnvp`` and ``nsf``; each trains within the budget, samples, scores its
+``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` by default, and the other Gaussian interpolants
+``trig``, ``vp`` and ``vp-linear``; each trains within the budget, samples, scores its
 log-density and counts its NFE. Budgets: with ``budget_seconds`` every method trains until its
 clock runs out (a JKO flow through the trainer's ``TimeBudget`` plan, calibration included in
 ``train_seconds``); with ``steps`` every method takes that many gradient steps (a JKO flow
@@ -35,7 +36,8 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..metrics import mmd, nll, wasserstein2
-from ..plotting import scatter_panels
+from ..plotting import plot_lipschitz, scatter_panels
+from .distilled import parse_steps, regularity, trained_methods
 from .methods import DEFAULT_METHODS, METHODS, Budget
 
 __all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table"]
@@ -54,7 +56,11 @@ TABLE_COLUMNS = (
     ("params", "params", "{}"),
     ("nfe", "NFE", "{}"),
     ("sample_seconds", "10k samples s", "{:.2f}"),
+    ("lipschitz", "Lip. est.", "{:.1f}"),
+    ("w2_stability", "W2 stab.", "{:.2f}"),
 )
+#: Columns shown only when some record has them.
+_OPTIONAL_COLUMNS = ("nll_gap", "lipschitz", "w2_stability")
 
 
 class _Scored(nn.Module):
@@ -114,9 +120,10 @@ def _params(model: nn.Module) -> int:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
-    has_gap = any(r.get("nll_gap") is not None for r in records)
-    columns = [c for c in TABLE_COLUMNS if c[0] != "nll_gap" or has_gap]
+    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` and the regularity
+    columns only when some record has them)."""
+    shown = {k for k in _OPTIONAL_COLUMNS if any(r.get(k) is not None for r in records)}
+    columns = [c for c in TABLE_COLUMNS if c[0] not in _OPTIONAL_COLUMNS or c[0] in shown]
     lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         cells = []
@@ -140,6 +147,8 @@ def compare(
     w2_points: int = 4000,
     num_samples: int = NUM_SAMPLES,
     maf_root: str | Path | None = None,
+    distill: str | Sequence[int] | None = None,
+    regularity_columns: bool = False,
     verbose: bool = False,
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
@@ -164,6 +173,14 @@ def compare(
             (``jko_plugin.datasets.load_maf``): trains on the first ``num_train`` rows of the
             standard training split, scores on the first ``num_test`` rows of its test split
             (raise both to use the full splits, as the published numbers do).
+        distill: Step counts ``K`` (``"1,2,4"`` or a sequence): each ODE method (``jko``, the
+            flow-matching ones) is followed by its velocity distilled into one flow map
+            (``jko_plugin.distill``, the same budget again), scored as ``method@K`` with ``K``
+            network evaluations per sample (no density: ``test_nll`` is ``None``).
+        regularity_columns: Add ``lipschitz`` (the largest ``||dv/dx||_2`` along the sample paths,
+            normalised time; ODE methods) and ``w2_stability`` (W2 between samples of ``z`` and
+            of ``z + 0.1 u`` over 0.1; every method with latents), see ``metrics.regularity``,
+            with the profiles in ``details`` and the figure ``lipschitz.png``.
         verbose: Print progress and the table.
 
     Returns:
@@ -177,6 +194,7 @@ def compare(
     """
     names = _methods(methods)
     budget = Budget(budget_seconds, steps)
+    distill_steps = parse_steps(distill)
     for name, v in (
         ("num_train", num_train),
         ("num_test", num_test),
@@ -194,12 +212,9 @@ def compare(
     true_nll = (
         float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
     )
-    records, samples_by_method = [], {}
-    for method in names:
-        if verbose:
-            print(f"[{label}] training {method} ...", flush=True)
-        torch.manual_seed(seed)
-        result = METHODS[method].train(x_train, x_test, budget, seed)
+    records, samples_by_method, profiles = [], {}, {}
+    trained = trained_methods(names, x_train, x_test, budget, seed, distill_steps, verbose)
+    for method, result in trained:
         result.module.eval()
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
@@ -208,11 +223,11 @@ def compare(
         sample_seconds = time.perf_counter() - start
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
-        errors = []
+        errors, test_nll = [], None
         try:
-            test_nll = nll(_Scored(result.module, result.log_prob), x_test)
+            if result.log_prob is not None:  # a flow map has no density
+                test_nll = nll(_Scored(result.module, result.log_prob), x_test)
         except ValueError as err:  # a diverged model: recorded as failed, not dropped
-            test_nll = None
             errors.append(f"test_nll: {err}")
         if scored.shape[0] < n:
             errors.append(f"only {scored.shape[0]} of {n} scored samples are finite: no W2 / MMD")
@@ -244,6 +259,12 @@ def compare(
             "num_test": int(x_test.shape[0]),
             "details": result.details,
         }
+        if regularity_columns:
+            figures = regularity(result, dim, seed)
+            record.update(lipschitz=figures.pop("lipschitz"), w2_stability=figures.pop("w2_stability"))
+            record["details"] = {**result.details, "regularity": figures}
+            if "lipschitz_profile" in figures:
+                profiles[method] = figures["lipschitz_profile"]
         records.append(record)
         samples_by_method[method] = samples[finite]
         if verbose:
@@ -264,4 +285,6 @@ def compare(
         (out / "results.json").write_text(json.dumps(records, indent=1))
         panels = [("held-out data", x_test)] + list(samples_by_method.items())
         scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
+        if profiles:
+            plot_lipschitz(profiles, title=header.split(";")[0], path=out / "lipschitz.png")
     return records
