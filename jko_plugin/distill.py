@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._validate import choice, positive_int
 from .adapters.budget import FitHistory, TrainingBudget, fit_budgeted
@@ -173,7 +173,8 @@ def distill_flow_map(
             torch.manual_seed(seed)
             model = FlowMapModel(field.dim, hidden=tuple(hidden), total_time=field.total_time)
         if teacher_param is not None:  # the teacher's dtype and device
-            model = model.to(dtype=teacher_param.dtype, device=teacher_param.device)
+            # nn.Module.to: diffusers' override warns about dtype casts of freshly built models.
+            nn.Module.to(model, dtype=teacher_param.dtype, device=teacher_param.device)
     if model.dim != field.dim or not math.isclose(model.total_time, field.total_time, rel_tol=1e-9):
         raise ValueError(
             f"the student (dim {model.dim}, total_time {model.total_time}) does not match the teacher "
