@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._validate import positive_int
-from ..metrics.regularity import latent_stability, lipschitz_profile
+from ..metrics.regularity import block_stability, latent_stability, lipschitz_profile
 from .methods import METHODS, Budget, TrainedModel
 
 __all__ = ["REGULARITY_DELTA", "distilled_name", "parse_steps", "regularity", "trained_methods"]
@@ -101,8 +101,9 @@ def trained_methods(
 
 def regularity(result: TrainedModel, dim: int, seed: int) -> dict:
     """The regularity figures of a trained model: ``lipschitz`` (the largest estimate along the
-    path, normalised time) and its profile where it has a velocity; ``w2_stability`` (W2 ratio
-    under a latent perturbation of ``REGULARITY_DELTA``) where it has latents."""
+    path, normalised time) and its profile where it has a velocity (per block for a JKO flow,
+    with each block's own W2 stability); ``w2_stability`` (W2 ratio under a latent translation of
+    ``REGULARITY_DELTA``) where it has latents."""
     gen = torch.Generator().manual_seed(seed + 11)
     p = next(result.module.parameters())
     z = torch.randn(_STABILITY_POINTS, dim, generator=gen, dtype=p.dtype, device=p.device)
@@ -110,6 +111,9 @@ def regularity(result: TrainedModel, dim: int, seed: int) -> dict:
     if result.velocity is not None:
         profile = lipschitz_profile(result.velocity, z[:_LIPSCHITZ_POINTS], num_times=16)
         out.update(lipschitz=profile.lipschitz, lipschitz_profile=profile.to_dict())
+        if len(profile.per_piece) > 1:
+            blocks = block_stability(result.velocity, z, delta=REGULARITY_DELTA, generator=gen)
+            out["block_stability"] = [b.to_dict() for b in blocks]
     if result.generate is not None:
         stab = latent_stability(result.generate, z, delta=REGULARITY_DELTA, generator=gen)
         out.update(w2_stability=stab.w2_ratio, stability=stab.to_dict())
