@@ -44,9 +44,9 @@ class GaussianInterpolant:
     r"""The path ``x_t = a(t) x_1 + b(t) z`` between noise (``t = 0``) and data (``t = 1``).
 
     Args:
-        a, b: Schedules ``t -> a(t)``, ``t -> b(t)`` on tensors of times, with ``a(0) = 0``,
+        a, b: Elementwise schedules ``t -> a(t)``, ``t -> b(t)`` on tensors of times, with ``a(0) = 0``,
             ``a(1) = 1``, ``b(0) = 1``, ``b(1) = 0``.
-        da, db: Their derivatives (default: forward-mode autograd of ``a`` and ``b``).
+        da, db: Their derivatives (default: autograd of ``a`` and ``b``).
         db2: ``d(b^2)/dt``, finite where ``b'`` is not (VP paths at ``t = 1``); default ``2 b b'``.
         name: The registry name (``FlowMatchingModel`` saves it as its ``path``).
         t_max: Training times are drawn from ``[0, t_max]`` (below 1 where ``a'`` or ``b'`` blow
@@ -93,7 +93,14 @@ class GaussianInterpolant:
 
     @staticmethod
     def _derivative(fn: Schedule, t: Tensor) -> Tensor:
-        return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
+        # Schedules act elementwise, so the gradient of the sum is the derivative at each time.
+        with torch.enable_grad():
+            u = t.detach().requires_grad_(True)
+            out = fn(u)
+            if not out.requires_grad:  # a constant schedule
+                return torch.zeros_like(t)
+            (grad,) = torch.autograd.grad(out.sum(), u)
+        return grad
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(a(t), b(t), a'(t), b'(t))`` for times ``t`` of any shape."""
