@@ -50,6 +50,7 @@ __all__ = [
     "teacher_gap",
 ]
 
+#: The map-distillation losses; the first is the default.
 DISTILL_LOSSES = ("eulerian", "lagrangian")
 
 

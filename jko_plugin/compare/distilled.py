@@ -51,10 +51,11 @@ def distilled_name(method: str, steps: int) -> str:
 
 
 def _variants(teacher: TrainedModel, steps: tuple[int, ...], budget: Budget, seed: int) -> list[TrainedModel]:
-    from ..distill import distill_flow_map
+    from ..distill import DISTILL_LOSSES, distill_flow_map
 
+    loss = DISTILL_LOSSES[0]  # the default, Eulerian
     model, history = distill_flow_map(
-        teacher.velocity, steps=budget.steps, budget_seconds=budget.seconds, seed=seed
+        teacher.velocity, steps=budget.steps, budget_seconds=budget.seconds, loss=loss, seed=seed
     )
     model.eval()
     out = []
@@ -67,7 +68,7 @@ def _variants(teacher: TrainedModel, steps: tuple[int, ...], budget: Budget, see
                 k,
                 history.seconds,
                 history.steps,
-                {"teacher_train_seconds": teacher.train_seconds, "jumps": k, "loss": "eulerian"},
+                {"teacher_train_seconds": teacher.train_seconds, "jumps": k, "loss": loss},
                 generate=lambda z, k=k: model.sample(z.shape[0], steps=k, latents=z),
             )
         )

@@ -107,7 +107,7 @@ def lipschitz_profile(
     best = [0.0] * vf.num_pieces
     for i, (t, x) in enumerate(zip(times, states)):
         # A boundary time is the noise-side end of the piece below it and is evaluated there.
-        piece = vf._piece_of(t) if i == 0 else vf._piece_of(0.5 * (t + times[i - 1]))
+        piece = vf.piece_of(t) if i == 0 else vf.piece_of(0.5 * (t + times[i - 1]))
         norms = T * _spectral_norms(vf, x, t, piece)
         out.times.append(t / T)
         out.max.append(float(norms.max()))

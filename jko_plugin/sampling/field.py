@@ -139,7 +139,8 @@ class VelocityField:
         inner = torch.tensor(self.boundaries[1:-1], dtype=t.dtype, device=t.device)
         return torch.bucketize(t, inner, right=False)
 
-    def _piece_of(self, t: float) -> int:
+    def piece_of(self, t: float) -> int:
+        """The piece index of one time ``t`` (as ``piece_index``)."""
         return int(self.piece_index(torch.tensor([float(t)], dtype=torch.float64))[0])
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class VelocityField:
         """``v(x, t)``: ``t`` a float or per-row ``(batch,)`` times; ``piece`` overrides the piece
         (an index, or one per row) where a time sits on a boundary of the piece that is meant."""
         if not isinstance(t, Tensor):
-            k = self._piece_of(t) if piece is None else int(piece)
+            k = self.piece_of(t) if piece is None else int(piece)
             return self.fns[k](x, float(t))
         t = t.reshape(-1)
         idx = (
@@ -180,7 +181,7 @@ class VelocityField:
         if t_from > t_to:
             segments = [(b, a) for a, b in reversed(segments)]
         for a, b in segments:
-            k = self._piece_of(max(a, b))  # the piece the whole segment lies in
+            k = self.piece_of(max(a, b))  # the piece the whole segment lies in
             n = max(1, math.ceil(abs(b - a) / self.total_time * steps - 1e-9))
             x, _ = integrate(lambda y, s, k=k: (self.fns[k](y, s), ()), x, a, b, n, tableau, 0)
         return x
