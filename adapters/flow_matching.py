@@ -1,12 +1,16 @@
-r"""A small reference flow-matching trainer: I-CFM / rectified flow, OT-CFM, trigonometric path.
+r"""A small reference flow-matching trainer on any Gaussian interpolant: I-CFM / rectified flow,
+OT-CFM, trigonometric and variance-preserving paths.
 
 Time convention (diffusers' ``FlowMatchEulerDiscreteScheduler``): ``sigma`` runs from 0 (data) to
-1 (noise ``z ~ N(0, I)``); the network predicts ``dx/dsigma``. The paths are
+1 (noise ``z ~ N(0, I)``); the network predicts ``dx/dsigma``. The path is a
+``jko_plugin.interpolants.GaussianInterpolant`` (``x_t = a(t) x + b(t) z`` with ``t = 1 - sigma``),
+given by its registered name (``INTERPOLANTS``) or as an object:
 
 - ``"linear"``: ``x_sigma = (1 - sigma) x + sigma z``, target ``z - x`` (I-CFM with
   ``sigma_min = 0``, i.e. rectified flow; Lipman et al. 2023, Liu et al. 2023, Tong et al. 2024);
 - ``"trig"``: ``x_sigma = cos(pi sigma / 2) x + sin(pi sigma / 2) z``, target its derivative: the
-  variance-preserving trigonometric interpolant (Albergo & Vanden-Eijnden 2023).
+  variance-preserving trigonometric interpolant (Albergo & Vanden-Eijnden 2023);
+- ``"vp"``, ``"vp-linear"``: variance-preserving diffusion paths (cosine and linear beta schedules).
 
 With ``coupling="ot"`` each minibatch of data is paired with its noise by an exact optimal
 transport plan (POT's ``ot.emd``, squared Euclidean cost): OT-CFM (Tong et al. 2024).
@@ -18,7 +22,6 @@ the model can be sampled by ``FlowMatchEulerDiscreteScheduler`` through any pipe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +31,7 @@ from jko_plugin.adapters.budget import LR_SCHEDULES, FitHistory, TrainingBudget,
 from torch import Tensor, nn
 
 from jko_plugin._validate import check_batch, check_timestep, choice, positive_int
+from jko_plugin.interpolants import INTERPOLANTS, GaussianInterpolant, get_interpolant
 from jko_plugin.sampling.model import VelocityOutput
 from jko_plugin.sampling.ode import ode_log_prob, sample_ode
 from jko_plugin.steps.velocity import VelocityMLP
@@ -45,7 +49,8 @@ __all__ = [
     "sample_with_scheduler",
 ]
 
-PATHS = ("linear", "trig")
+#: Names of the registered interpolants (``jko_plugin.interpolants.INTERPOLANTS``).
+PATHS = tuple(INTERPOLANTS)
 COUPLINGS = ("independent", "ot")
 
 
@@ -77,7 +82,9 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         dim: Data dimension.
         hidden: Hidden widths of the MLP.
         activation: ``"silu"`` (default), ``"tanh"``, ``"softplus"`` or ``"elu"``.
-        path: ``"linear"`` or ``"trig"`` (see the module docstring).
+        path: A registered interpolant's name (``"linear"``, ``"trig"``, ``"vp"``, ``"vp-linear"``)
+            or a ``GaussianInterpolant``; the config saves its name, so a saved model reloads
+            when that name is in ``INTERPOLANTS``.
         num_train_timesteps: Scale of diffusers timesteps: ``timestep = sigma * num_train_timesteps``.
 
     Example:
@@ -93,11 +100,13 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         dim: int = 2,
         hidden: Sequence[int] = (64, 64, 64),
         activation: str = "silu",
-        path: str = "linear",
+        path: str | GaussianInterpolant = "linear",
         num_train_timesteps: int = 1000,
     ) -> None:
         super().__init__()
-        choice("path", path, PATHS)
+        self.interpolant = get_interpolant(path)
+        path = self.interpolant.name
+        self.register_to_config(path=path)
         positive_int("num_train_timesteps", num_train_timesteps)
         self.net = VelocityMLP(dim, tuple(hidden), activation=activation, time_dependent=True)
         self.dim = dim
@@ -120,11 +129,7 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
 
     def interpolate(self, x: Tensor, z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """Path point ``x_sigma`` and target ``d x_sigma / d sigma``, for ``sigma`` of shape ``(batch,)``."""
-        s = sigma.unsqueeze(-1)
-        if self.path == "linear":
-            return (1 - s) * x + s * z, z - x
-        c, sn = torch.cos(0.5 * math.pi * s), torch.sin(0.5 * math.pi * s)
-        return c * x + sn * z, 0.5 * math.pi * (c * z - sn * x)
+        return self.interpolant.at_sigma(x, z, sigma)
 
     def loss(self, x: Tensor, z: Tensor, sigma: Tensor) -> Tensor:
         """Conditional flow-matching loss ``mean |v(x_sigma, sigma) - target|^2``."""
@@ -208,7 +213,7 @@ def fit_flow_matching(
         z = torch.randn(xb.shape, generator=gen, dtype=p.dtype, device=p.device)
         if coupling == "ot":
             z = z[ot_pairing(xb, z)]
-        sigma = torch.rand(batch_size, generator=gen, dtype=p.dtype, device=p.device)
+        sigma = model.interpolant.sample_sigma(batch_size, generator=gen, like=xb)
         return model.loss(xb, z, sigma)
 
     return fit_budgeted(model, batch_loss, budget, lr=lr, lr_schedule=lr_schedule, log_every=log_every)

@@ -1,4 +1,4 @@
-r"""The ``jko-flow`` command line: ``demo``, ``train``, ``sample`` and ``compare``."""
+r"""The ``jko-flow`` command line: ``demo``, ``train``, ``sample``, ``compare`` and ``distill``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
     _add_device_option(sample)
+
+    distill = sub.add_parser("distill", help="distill a trained ODE model into a few-step flow map")
+    distill.add_argument("--model", required=True, help="a saved model folder (OUT/model of train, or FM)")
+    distill.add_argument("--out", required=True, help="output folder of the flow-map pipeline")
+    distill.add_argument("--steps", default="1,2,4", help="jump counts to report (the largest is saved)")
+    budget = distill.add_mutually_exclusive_group()
+    budget.add_argument("--budget-seconds", type=float, default=None, help="training time (default 60)")
+    budget.add_argument("--iterations", type=int, default=None, help="gradient steps instead of a time")
+    distill.add_argument("--seed", type=int, default=0)
 
     from .compare.cli import add_arguments
 
@@ -233,13 +242,36 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from .compare.distilled import parse_steps
+    from .distill import distill_flow_map, load_teacher, save_flow_map, teacher_gap
+
+    steps = parse_steps(args.steps)
+    if not steps:
+        raise ValueError(f"--steps must list at least one jump count, got {args.steps!r}")
+    seconds = 60.0 if args.budget_seconds is None and args.iterations is None else args.budget_seconds
+    teacher = load_teacher(args.model)
+    model, history = distill_flow_map(teacher, steps=args.iterations, budget_seconds=seconds, seed=args.seed)
+    save_flow_map(model, args.out, num_inference_steps=max(steps))
+    gaps = teacher_gap(model, teacher, steps, seed=args.seed)
+    report = {
+        "out": str(args.out),
+        "train_seconds": history.seconds,
+        "train_steps": history.steps,
+        "rms_to_teacher": {str(k): gap for k, gap in gaps.items()},
+    }
+    (Path(args.out) / "distill.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jko-flow``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .compare.cli import run as _compare
 
-    commands = {"demo": _demo, "train": _train, "sample": _sample, "compare": _compare}
+    commands = {"demo": _demo, "train": _train, "sample": _sample, "compare": _compare, "distill": _distill}
     if args.command not in commands:
         parser.print_help()
         return 2

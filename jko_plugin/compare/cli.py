@@ -55,6 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
     parser.add_argument(
+        "--distill",
+        default=None,
+        help="jump counts, e.g. 1,2,4: add each ODE method's distilled flow map (method@K, NFE K)",
+    )
+    parser.add_argument(
+        "--regularity",
+        action="store_true",
+        help="add the Lipschitz estimate and W2 stability columns and lipschitz.png",
+    )
+    parser.add_argument(
         "--maf-root",
         default=None,
         help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300",
@@ -75,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         maf_root=getattr(args, "maf_root", None),
         standardize=getattr(args, "standardize", True),
+        distill=getattr(args, "distill", None),
+        regularity_columns=getattr(args, "regularity", False),
         verbose=True,
         device=args.device,
     )

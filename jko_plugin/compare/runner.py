@@ -6,7 +6,8 @@ held-out points with the same metrics, and writes ``table.md``, ``results.json``
 ``samples.png``. The command line ``jko-flow compare`` is ``compare.cli``.
 
 Methods are the registry ``METHODS`` (``compare.methods``): ``jko`` (ODE blocks), ``jko-spline``,
-``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` (the default list), and the real peers ``torchcfm``,
+``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` (the default list); opt-in: ``jko-coupling``, the
+other Gaussian interpolants ``trig``, ``vp`` and ``vp-linear``, and the real peers ``torchcfm``,
 ``torchcfm-ot`` and ``flow_matching`` when installed (``adapters.peers``); each trains within the
 budget, samples, scores its log-density and counts its NFE. Budgets: with ``budget_seconds``
 every method trains until its clock runs out (a JKO flow through the trainer's ``TimeBudget``
@@ -39,9 +40,10 @@ from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..datasets.files import check_columns
 from ..metrics import mmd, nll, wasserstein2
-from ..plotting import can_plot, scatter_panels
+from ..plotting import can_plot, plot_lipschitz, scatter_panels
 from ..steps.normalize import Standardize
 from ..training.distributed import resolve_device
+from .distilled import parse_steps, regularity, trained_methods
 from .methods import DEFAULT_METHODS, METHODS, Budget, TrainedModel
 
 __all__ = ["NUM_SAMPLES", "TABLE_COLUMNS", "compare", "format_table", "in_data_units"]
@@ -62,7 +64,11 @@ TABLE_COLUMNS = (
     ("sample_seconds", "10k samples s", "{:.2f}"),
     ("fast_w2", "fast W2", "{:.4f}"),
     ("fast_nfe", "fast NFE", "{}"),
+    ("lipschitz", "Lip. est.", "{:.1f}"),
+    ("w2_stability", "W2 stab.", "{:.2f}"),
 )
+#: Columns shown only when some record has them.
+_OPTIONAL_COLUMNS = ("nll_gap", "fast_w2", "fast_nfe", "lipschitz", "w2_stability")
 
 
 def _fast_sampler(result: TrainedModel, num_samples: int, n: int, ref: Tensor, seed: int) -> dict:
@@ -93,11 +99,17 @@ def in_data_units(result: TrainedModel, norm: Standardize) -> TrainedModel:
         z, log_det = norm.inverse(x)
         return result.log_prob(z) + log_det
 
+    # The velocity and the latent sampler stay in the model's (standardised) units: the regularity
+    # diagnostics measure the model as trained.
     module = nn.ModuleDict({"norm": norm, "model": result.module})
     details = {**result.details, "standardize_log_det": -norm.log_scale_sum}
-    fast = None if result.fast_sample is None else fast_sample
     return dataclasses.replace(
-        result, module=module, sample=sample, log_prob=log_prob, details=details, fast_sample=fast
+        result,
+        module=module,
+        sample=sample,
+        log_prob=None if result.log_prob is None else log_prob,
+        details=details,
+        fast_sample=None if result.fast_sample is None else fast_sample,
     )
 
 
@@ -160,12 +172,10 @@ def _params(model: nn.Module) -> int:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
-    # Columns that no record fills (the gap to an unknown true NLL, fast samplers) are left out.
-    optional = ("nll_gap", "fast_w2", "fast_nfe")
-    columns = [
-        c for c in TABLE_COLUMNS if c[0] not in optional or any(r.get(c[0]) is not None for r in records)
-    ]
+    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` and the regularity
+    columns only when some record has them)."""
+    shown = {k for k in _OPTIONAL_COLUMNS if any(r.get(k) is not None for r in records)}
+    columns = [c for c in TABLE_COLUMNS if c[0] not in _OPTIONAL_COLUMNS or c[0] in shown]
     lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         cells = []
@@ -190,6 +200,8 @@ def compare(
     num_samples: int = NUM_SAMPLES,
     maf_root: str | Path | None = None,
     standardize: bool = True,
+    distill: str | Sequence[int] | None = None,
+    regularity_columns: bool = False,
     verbose: bool = False,
     device: str | torch.device | None = "cpu",
 ) -> list[dict]:
@@ -218,6 +230,14 @@ def compare(
         standardize: Fit a ``Standardize`` on the training points and give every method the same
             standardised data; each method is then scored as ``Standardize`` followed by its model,
             so NLLs (the log-determinant included) and samples are in the data's own units.
+        distill: Step counts ``K`` (``"1,2,4"`` or a sequence): each ODE method (``jko``, the
+            flow-matching ones) is followed by its velocity distilled into one flow map
+            (``jko_plugin.distill``, the same budget again), scored as ``method@K`` with ``K``
+            network evaluations per sample (no density: ``test_nll`` is ``None``).
+        regularity_columns: Add ``lipschitz`` (the largest ``||dv/dx||_2`` along the sample paths,
+            normalised time; ODE methods) and ``w2_stability`` (W2 between samples of ``z`` and
+            of ``z + 0.1 u`` over 0.1; every method with latents), see ``metrics.regularity``,
+            with the profiles in ``details`` and the figure ``lipschitz.png``.
         verbose: Print progress and the table.
         device: Where every method trains and samples (``None``: CUDA when available); the
             metrics are computed on the CPU.
@@ -234,6 +254,7 @@ def compare(
     names = _methods(methods)
     budget = Budget(budget_seconds, steps)
     device = resolve_device(device)
+    distill_steps = parse_steps(distill)
     for name, v in (
         ("num_train", num_train),
         ("num_test", num_test),
@@ -254,19 +275,16 @@ def compare(
     for note in check_columns(x_train):  # refuses constant columns, warns on discrete ones
         warnings.warn(note, UserWarning, stacklevel=2)
     norm = Standardize.fit(x_train, warn=False).to(device) if standardize else None
-    records, samples_by_method = [], {}
-    for method in names:
-        if verbose:
-            print(f"[{label}] training {method} ...", flush=True)
-        torch.manual_seed(seed)
-        # A method trains where its data lives.
-        inputs = x_train.to(device), x_test.to(device)
-        if norm is None:
-            result = METHODS[method].train(*inputs, budget, seed)
-        else:
-            with torch.no_grad():
-                inputs = tuple(norm.inverse(x)[0] for x in inputs)
-            result = in_data_units(METHODS[method].train(*inputs, budget, seed), norm)
+    records, samples_by_method, profiles = [], {}, {}
+    # Every method trains where its data lives, on the same (standardised) data.
+    inputs = x_train.to(device), x_test.to(device)
+    if norm is not None:
+        with torch.no_grad():
+            inputs = tuple(norm.inverse(x)[0] for x in inputs)
+    trained = trained_methods(names, *inputs, budget, seed, distill_steps, verbose)
+    for method, result in trained:
+        if norm is not None:
+            result = in_data_units(result, norm)
         result.module.eval()
         gen = torch.Generator().manual_seed(seed + 7)
         start = time.perf_counter()
@@ -278,11 +296,11 @@ def compare(
         samples = samples.cpu()
         finite = torch.isfinite(samples).all(dim=1)
         scored = samples[finite][:n]
-        errors = []
+        errors, test_nll = [], None
         try:
-            test_nll = nll(_Scored(result.module, result.log_prob), x_test)
+            if result.log_prob is not None:  # a flow map has no density
+                test_nll = nll(_Scored(result.module, result.log_prob), x_test)
         except ValueError as err:  # a diverged model: recorded as failed, not dropped
-            test_nll = None
             errors.append(f"test_nll: {err}")
         if scored.shape[0] < n:
             errors.append(f"only {scored.shape[0]} of {n} scored samples are finite: no W2 / MMD")
@@ -316,6 +334,12 @@ def compare(
             "num_test": int(x_test.shape[0]),
             "details": result.details,
         }
+        if regularity_columns:
+            figures = regularity(result, dim, seed)
+            record.update(lipschitz=figures.pop("lipschitz"), w2_stability=figures.pop("w2_stability"))
+            record["details"] = {**result.details, "regularity": figures}
+            if "lipschitz_profile" in figures:
+                profiles[method] = figures["lipschitz_profile"]
         records.append(record)
         samples_by_method[method] = samples[finite]
         if verbose:
@@ -337,4 +361,6 @@ def compare(
         panels = [("held-out data", x_test)] + list(samples_by_method.items())
         if can_plot():
             scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")
+            if profiles:
+                plot_lipschitz(profiles, title=header.split(";")[0], path=out / "lipschitz.png")
     return records

@@ -1,5 +1,6 @@
-r"""Sample-quality metrics: W2 from debiased Sinkhorn divergences (GeomLoss), MMD, NLL, inversion error."""
+r"""Sample-quality metrics: W2 (GeomLoss Sinkhorn), MMD, NLL, inversion error, a flow's regularity."""
 
+from .regularity import LipschitzProfile, Stability, block_stability, latent_stability, lipschitz_profile
 from .scores import MMD_BANDWIDTH_FACTORS, bits_per_dim, inversion_error, mmd, nll
 from .wasserstein import (
     BACKENDS,
@@ -13,11 +14,16 @@ from .wasserstein import (
 
 __all__ = [
     "BACKENDS",
+    "LipschitzProfile",
     "MMD_BANDWIDTH_FACTORS",
     "RELATIVE_BLUR",
     "SinkhornResult",
+    "Stability",
     "bits_per_dim",
+    "block_stability",
     "inversion_error",
+    "latent_stability",
+    "lipschitz_profile",
     "mmd",
     "nll",
     "sinkhorn",

@@ -21,6 +21,8 @@ from torch import Tensor
 from .._validate import choice, positive_int
 from ..schedule import StepSchedule
 from ..steps.block import JKOBlock
+from .flowmap import FlowMapModel
+from .flowmap_scheduler import FlowMapScheduler
 from .model import JKOFlowModel
 from .scheduler import JKOScheduler
 
@@ -42,7 +44,14 @@ class JKOFlowPipelineOutput(BaseOutput):
 
 def _check_components(model: torch.nn.Module, scheduler: object) -> None:
     """A ``JKOFlowModel`` needs a ``JKOScheduler`` on its time axis; the model then adopts the
-    scheduler's (float64) axis, so that stages next to a boundary reach the right step."""
+    scheduler's (float64) axis, so that stages next to a boundary reach the right step. A
+    ``FlowMapModel`` needs a ``FlowMapScheduler`` on its time axis ``[0, total_time]``."""
+    if isinstance(model, FlowMapModel):
+        if not isinstance(scheduler, FlowMapScheduler):
+            raise ValueError(f"a FlowMapModel needs a FlowMapScheduler, got {type(scheduler).__name__}")
+        if abs(scheduler.total_time - model.total_time) > 1e-9 * model.total_time:
+            raise ValueError(f"scheduler has total_time={scheduler.total_time}, the model {model.total_time}")
+        return
     if not isinstance(model, JKOFlowModel):
         return
     if not isinstance(scheduler, JKOScheduler):
@@ -78,7 +87,8 @@ class JKOFlowPipeline(DiffusionPipeline):
             returns the velocity (a tensor, or an output with ``.sample``); without a ``config.dim``
             (the data dimension), pass ``latents``.
         scheduler: A ``JKOScheduler`` (required for a ``JKOFlowModel``, whose blocks, block types and
-            boundaries it must match) or any diffusers ODE scheduler such as
+            boundaries it must match), a ``FlowMapScheduler`` (required for a ``FlowMapModel``:
+            ``num_inference_steps`` jumps of the map) or any diffusers ODE scheduler such as
             ``FlowMatchEulerDiscreteScheduler`` (time runs noise -> data as sigma 1 -> 0).
 
     Raises:
@@ -214,8 +224,8 @@ class JKOFlowPipeline(DiffusionPipeline):
 
         Args:
             batch_size: Number of samples (default 1, or ``latents.shape[0]``).
-            num_inference_steps: Solver steps. ``None``: the ``JKOScheduler``'s default grid
-                (required for other schedulers).
+            num_inference_steps: Solver steps (a ``FlowMapScheduler``'s jumps). ``None``: the
+                ``JKOScheduler``'s or ``FlowMapScheduler``'s default grid (required for others).
             generator: Makes the latents reproducible.
             latents: Latents ``z`` of shape ``(batch, dim)`` to start from (moved to the model's
                 device and dtype) instead of drawing them.
@@ -230,7 +240,7 @@ class JKOFlowPipeline(DiffusionPipeline):
                 missing ``num_inference_steps`` for a non-JKO scheduler.
         """
         choice("output_type", output_type, OUTPUT_TYPES)
-        if num_inference_steps is None and not isinstance(self.scheduler, JKOScheduler):
+        if num_inference_steps is None and not isinstance(self.scheduler, (JKOScheduler, FlowMapScheduler)):
             raise ValueError(f"num_inference_steps is required with {type(self.scheduler).__name__}")
         device, dtype = self._execution_device, self.model.dtype
         if latents is None:
