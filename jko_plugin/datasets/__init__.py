@@ -1,7 +1,8 @@
 r"""Offline data: 2-D toys, pictures (rose, tree), exact-density Gaussian mixtures, digits, MAF, files."""
 
 from .files import load_samples, train_test_split
-from .images import digits
+from .images import digits, digits_labelled
+from .labelled import LABELLED_DATASETS, LabelledDataset, conditional_log_prob, get_labelled, load_labelled
 from .maf import MAF_DATASETS, MAFSplits, load_maf
 from .mixture import GaussianMixture
 from .pixels import (
@@ -22,10 +23,12 @@ from .toys import (
     checkerboard_log_prob,
     circles,
     eight_gaussians,
+    eight_gaussians_labelled,
     eight_gaussians_log_prob,
     moons_log_prob,
     pinwheel,
     two_moons,
+    two_moons_labelled,
     two_spirals,
 )
 
@@ -43,7 +46,14 @@ __all__ = [
     "checkerboard_log_prob",
     "circles",
     "digits",
+    "digits_labelled",
+    "LABELLED_DATASETS",
+    "LabelledDataset",
+    "conditional_log_prob",
+    "get_labelled",
+    "load_labelled",
     "eight_gaussians",
+    "eight_gaussians_labelled",
     "eight_gaussians_log_prob",
     "get_dataset",
     "load_dataset",
@@ -59,5 +69,6 @@ __all__ = [
     "tree",
     "tree_log_prob",
     "two_moons",
+    "two_moons_labelled",
     "two_spirals",
 ]
