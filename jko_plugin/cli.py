@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
+    train.add_argument(
+        "--label-column",
+        type=int,
+        default=None,
+        help="column of class labels (0, 1, ...; -1 the last): train a class-conditional flow on the others",
+    )
     _add_model_options(train)
 
     sample = sub.add_parser("sample", help="draw samples from a trained model")
@@ -88,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, required=True, help="number of samples")
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--class", dest="class_label", type=int, default=None, help="class of a class-conditional model"
+    )
 
     from .compare.cli import add_arguments
 
@@ -116,7 +125,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .datasets import load_samples, train_test_split
+    from .datasets import load_samples, split_labels, train_test_split
     from .workflows import default_config, run_training
 
     out = Path(args.out)
@@ -125,8 +134,16 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     x = load_samples(args.data)
     x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
-    config = default_config(args.block, seed=args.seed, **_overrides(args))
-    metrics = run_training(x_train, x_test, out, config, resume=args.resume, progress=not args.quiet)
+    labels: dict = {}
+    conditional: dict = {}
+    if args.label_column is not None:  # split with the samples, then separated
+        (x_train, y_train), (x_test, y_test) = (split_labels(p, args.label_column) for p in (x_train, x_test))
+        labels = {"context": y_train, "context_test": y_test}
+        conditional = {"num_classes": int(max(y_train.max(), y_test.max())) + 1}
+    config = default_config(args.block, seed=args.seed, **_overrides(args), **conditional)
+    metrics = run_training(
+        x_train, x_test, out, config, resume=args.resume, progress=not args.quiet, **labels
+    )
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
     return 0
@@ -146,8 +163,19 @@ def _sample(args: argparse.Namespace) -> int:
         print(f"error: -n must be a positive integer, got {args.n}", file=sys.stderr)
         return 2
     pipe = JKOFlowPipeline.from_pretrained(args.model)
+    conditioning = getattr(pipe.model, "conditioning", {})
+    classes = conditioning.get("num_classes")
+    if args.class_label is None and conditioning:
+        raise ValueError(f"{args.model} holds a conditional model ({conditioning}): pass --class")
+    if args.class_label is not None and classes is None:
+        raise ValueError(f"{args.model} holds a model without class labels: drop --class")
+    if args.class_label is not None and not 0 <= args.class_label < classes:
+        raise ValueError(f"--class must lie in [0, {classes - 1}] for this model, got {args.class_label}")
     samples = pipe(
-        batch_size=args.n, generator=torch.Generator().manual_seed(args.seed), output_type="np"
+        batch_size=args.n,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="np",
+        class_labels=args.class_label,
     ).samples
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":

@@ -20,6 +20,7 @@ from .plotting import plot_samples
 from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from .steps.block import DENSITIES, TRACE_ESTIMATORS, JKOBlock
+from .steps.context import context_settings
 from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow
 from .steps.normalize import Standardize
 from .training.distributed import is_main_process
@@ -57,7 +58,8 @@ class RunConfig:
     spline and coupling steps: ``spline_layers``, ``spline_hidden``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
-    training split, so NLLs and samples are in the data's own units.
+    training split, so NLLs and samples are in the data's own units. ``num_classes`` or
+    ``context_dim`` make every step conditional (``make_flow``'s context options).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -79,9 +81,12 @@ class RunConfig:
     growth: float = GEOMETRIC_GROWTH
     seed: int = 0
     standardize: bool = True
+    num_classes: int | None = None
+    context_dim: int | None = None
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
+        context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
         for name, fallback in _RUN_DEFAULTS.items():
@@ -103,7 +108,8 @@ class RunConfig:
     def step_options(self) -> dict:
         """The options of this kind's step builder, from the fields the kind reads."""
         kind = get_step_kind(self.block)
-        return {option: getattr(self, name) for name, option in kind.run_options.items()}
+        options = {option: getattr(self, name) for name, option in kind.run_options.items()}
+        return {**options, **context_settings(num_classes=self.num_classes, context_dim=self.context_dim)}
 
     def scheduler(self, schedule: StepSchedule | None = None) -> JKOScheduler:
         """The ``JKOScheduler`` that samples this run's flow: geometric from the config, or on
@@ -181,34 +187,55 @@ def train_flow(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    context: Tensor | None = None,
+    context_test: Tensor | None = None,
 ) -> TrainedRun:
     """Build the flow of ``config`` (on the data side a ``Standardize`` fitted on ``x_train`` when
-    ``config.standardize``) and train it block-wise."""
+    ``config.standardize``) and train it block-wise; a conditional config trains on the rows'
+    ``context`` (labels or tensor) and measures on ``context_test``."""
     flow = build_flow(config, x_train.shape[1])
     if config.standardize:
         flow.flows.append(Standardize.fit(x_train))  # flows[-1]: the data side
     trainer = make_trainer(config, flow, x_train.shape[0], progress=progress)
     start = time.perf_counter()
-    history = trainer.fit(x_train, x_test, checkpoint_dir=checkpoint_dir, resume=resume, overwrite=not resume)
+    history = trainer.fit(
+        x_train,
+        x_test,
+        context=context,
+        context_val=context_test,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        overwrite=not resume,
+    )
     return TrainedRun(flow, history, time.perf_counter() - start, config.scheduler(trainer.schedule))
 
 
 @torch.no_grad()
 def evaluate(
-    flow: nf.NormalizingFlow, x_test: Tensor, x_ref: Tensor, *, num_samples: int = 4000, seed: int = 0
+    flow: nf.NormalizingFlow,
+    x_test: Tensor,
+    x_ref: Tensor,
+    *,
+    num_samples: int = 4000,
+    seed: int = 0,
+    context_test: Tensor | None = None,
 ) -> dict:
     """Held-out NLL, W2 from ``n`` samples to ``n`` held-out points, and the floor: W2 from ``n``
     points of ``x_ref`` (an independent data sample, e.g. training points) to the same held-out
-    points, where ``n = min(num_samples, len(x_test), len(x_ref))``. Also returns the samples."""
+    points, where ``n = min(num_samples, len(x_test), len(x_ref))``. Also returns the samples.
+
+    A conditional flow is given the held-out contexts ``context_test``: the NLL is then
+    ``-log p(x | c)``, and the ``n`` samples are drawn for the contexts of the first ``n`` held-out
+    points (so they compare with those points)."""
     from .metrics import nll, wasserstein2
 
     flow.eval()
     n = min(num_samples, x_test.shape[0], x_ref.shape[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples, _ = flow.sample(n)
+        samples, _ = flow.sample(n) if context_test is None else flow.sample(n, context_test[:n])
     with ode_density(flow):
-        test_nll = nll(flow, x_test)
+        test_nll = nll(flow, x_test, context=context_test)
     return {
         "test_nll": test_nll,
         "w2": wasserstein2(samples, x_test[:n]),
@@ -219,11 +246,11 @@ def evaluate(
 
 
 @torch.no_grad()
-def _pushed(flow: nf.NormalizingFlow, x: Tensor) -> list[Tensor]:
+def _pushed(flow: nf.NormalizingFlow, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
     """The data after each JKO step (data side first)."""
     out, steps = [], set(map(id, jko_steps(flow)))
     for layer in reversed(flow.flows):
-        x, _ = layer.inverse(x)
+        x, _ = layer.inverse(x) if context is None else layer.inverse(x, context=context)
         if id(layer) in steps:
             out.append(x)
     return out
@@ -237,21 +264,31 @@ def run_training(
     *,
     resume: bool = False,
     progress: bool = True,
+    context: Tensor | None = None,
+    context_test: Tensor | None = None,
 ) -> dict:
     """Train, evaluate and write ``metrics.json``, ``samples.png`` and the pipeline in ``out/model``.
 
     Under ``torchrun`` every rank trains its shard; rank 0 alone evaluates and writes, and the
-    other ranks return ``{}``."""
+    other ranks return ``{}``. A conditional ``config`` takes the rows' ``context`` and
+    ``context_test`` (e.g. class labels)."""
     from .sampling.pipeline import JKOFlowPipeline
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     flow, history, seconds, scheduler = train_flow(
-        x_train, x_test, config, checkpoint_dir=out / "checkpoint", resume=resume, progress=progress
+        x_train,
+        x_test,
+        config,
+        checkpoint_dir=out / "checkpoint",
+        resume=resume,
+        progress=progress,
+        context=context,
+        context_test=context_test,
     )
     if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
         return {}
-    result = evaluate(flow, x_test, x_train, seed=config.seed)
+    result = evaluate(flow, x_test, x_train, seed=config.seed, context_test=context_test)
     samples = result.pop("samples")
     metrics = {
         **result,
@@ -266,7 +303,7 @@ def run_training(
     pipe.save_pretrained(out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if x_test.shape[1] >= 2:
-        plot_samples(x_test, samples, _pushed(flow, x_test), path=out / "samples.png")
+        plot_samples(x_test, samples, _pushed(flow, x_test, context_test), path=out / "samples.png")
     return metrics
 
 

@@ -1,6 +1,6 @@
 r"""Offline data: 2-D toys, pictures (rose, tree), exact-density Gaussian mixtures, digits, MAF, files."""
 
-from .files import load_samples, train_test_split
+from .files import load_samples, split_labels, train_test_split
 from .images import digits, digits_labelled
 from .labelled import LABELLED_DATASETS, LabelledDataset, conditional_log_prob, get_labelled, load_labelled
 from .maf import MAF_DATASETS, MAFSplits, load_maf
@@ -63,6 +63,7 @@ __all__ = [
     "pinwheel",
     "pixel_image",
     "pixel_mixture",
+    "split_labels",
     "rose",
     "rose_log_prob",
     "train_test_split",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._common import Seed, _rng, _tensor
 
-__all__ = ["load_samples", "train_test_split"]
+__all__ = ["load_samples", "split_labels", "train_test_split"]
 
 
 def load_samples(path: str | Path) -> Tensor:
@@ -61,3 +61,41 @@ def train_test_split(x: Tensor, test_fraction: float = 0.2, *, seed: Seed = 0) -
         raise ValueError(f"test_fraction={test_fraction} of {n} rows leaves an empty part")
     perm = torch.from_numpy(_rng(seed).permutation(n))
     return x[perm[n_test:]], x[perm[:n_test]]
+
+
+def split_labels(data: Tensor, column: int) -> tuple[Tensor, Tensor]:
+    """Separate a column of class labels from the samples: ``(x without the column, labels)``.
+
+    Args:
+        data: Samples ``(n, d + 1)`` (e.g. from ``load_samples``).
+        column: Index of the label column (negative counts from the end, ``-1`` the last).
+
+    Returns:
+        ``x`` ``(n, d)`` and int64 labels ``(n,)``.
+
+    Raises:
+        ValueError: A column out of range, labels that are not whole numbers >= 0, or no column
+            left for the samples.
+
+    Example:
+        >>> x, y = split_labels(torch.tensor([[0.5, 1.0], [0.7, 0.0]]), -1)
+        >>> x.tolist(), y.tolist()
+        ([[0.5], [0.7]], [1, 0])
+    """
+    d = data.shape[1]
+    if isinstance(column, bool) or not isinstance(column, (int, np.integer)) or not -d <= column < d:
+        raise ValueError(
+            f"label column must be an integer in [{-d}, {d - 1}] for {d} columns, got {column!r}"
+        )
+    if d < 2:
+        raise ValueError(f"the data has {d} column: nothing is left besides the labels")
+    column = int(column) % d
+    values = data[:, column].double()
+    bad = (values != values.round()) | (values < 0)
+    if bool(bad.any()):
+        raise ValueError(
+            f"label column {column} must hold whole numbers >= 0 (class 0, 1, ...), got "
+            f"{float(values[bad][0])!r} in {int(bad.sum())} of {data.shape[0]} rows"
+        )
+    keep = [j for j in range(d) if j != column]
+    return data[:, keep], values.long()
