@@ -50,6 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--num-test", type=int, default=4000)
     parser.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional comparison on a labelled dataset (moons, 8gaussians, gmm<d>, digits): "
+        "conditional NLL and class-wise W2, methods that take a context",
+    )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=None,
+        help="label column of a --dataset file (implies --conditional)",
+    )
+    parser.add_argument(
         "--maf-root",
         default=None,
         help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300",
@@ -72,7 +84,17 @@ def run(args: argparse.Namespace) -> int:
         standardize=getattr(args, "standardize", True),
         verbose=True,
     )
-    if getattr(args, "seeds", None):
+    if getattr(args, "conditional", False) or getattr(args, "labels", None) is not None:
+        from .conditional import compare_conditional
+        from .conditional_methods import DEFAULT_CONDITIONAL_METHODS
+
+        if getattr(args, "seeds", None) or options["maf_root"] is not None:
+            raise ValueError("the conditional comparison takes one --seed and no --maf-root")
+        methods = DEFAULT_CONDITIONAL_METHODS if args.methods == DEFAULT_METHODS else args.methods
+        del options["maf_root"]
+        compare_conditional(args.dataset, methods, labels=args.labels, seed=args.seed, **options)
+        print(f"wrote {Path(args.out) / 'table.md'} and results.json")
+    elif getattr(args, "seeds", None):
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError as err:

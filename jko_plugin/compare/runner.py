@@ -154,13 +154,12 @@ def _params(model: nn.Module) -> int:
 # -- evaluation and outputs ---------------------------------------------------------------------
 
 
-def format_table(records: Sequence[dict]) -> str:
-    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
+def format_table(records: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> str:
+    """The records as a Markdown table (``columns``: ``(key, heading, format)``, default
+    ``TABLE_COLUMNS``; ``nll_gap`` only when known)."""
     # Columns that no record fills (the gap to an unknown true NLL, fast samplers) are left out.
-    optional = ("nll_gap", "fast_w2", "fast_nfe")
-    columns = [
-        c for c in TABLE_COLUMNS if c[0] not in optional or any(r.get(c[0]) is not None for r in records)
-    ]
+    optional = ("nll_gap", "fast_w2", "fast_nfe", "label_accuracy")
+    columns = [c for c in columns if c[0] not in optional or any(r.get(c[0]) is not None for r in records)]
     lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         cells = []
