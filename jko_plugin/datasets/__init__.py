@@ -15,7 +15,7 @@ from .pixels import (
     tree,
     tree_log_prob,
 )
-from .registry import DATASETS, Dataset, get_dataset, load_dataset
+from .registry import DATASETS, Dataset, benchmark_mixture, get_dataset, load_dataset
 from .toys import (
     MOONS_SCALE,
     MOONS_SHIFT,
@@ -40,6 +40,7 @@ __all__ = [
     "PIXEL_IMAGES",
     "PixelMixture",
     "Dataset",
+    "benchmark_mixture",
     "GaussianMixture",
     "MAFSplits",
     "checkerboard",
