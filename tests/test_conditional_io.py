@@ -249,6 +249,19 @@ def test_conditional_comparison_scores_every_method(tmp_path):
         assert set(r["w2_per_class"]) == {0, 1} and r["w2"] > r["w2_floor"] > 0
         assert 0 <= r["label_accuracy"] <= 1 and r["data_label_accuracy"] > 0.99
     assert "cond. NLL" in (tmp_path / "table.md").read_text()
+    # a classifier of the user's own replaces the Bayes classifier: "always class 0" is right on half
+    (always_zero,) = compare_conditional(
+        "moons",
+        "jko-spline",
+        steps=4,
+        num_train=300,
+        num_test=100,
+        w2_points=20,
+        label_samples=30,
+        classifier=lambda x, y: lambda s: torch.zeros(len(s), dtype=torch.long),
+    )
+    assert always_zero["label_accuracy"] == always_zero["data_label_accuracy"] == 0.5
+    assert always_zero["label_accuracy_per_class"] == {0: 1.0, 1: 0.0}
     with pytest.raises(ValueError, match="take a context"):
         compare_conditional("moons", "nsf", steps=2)
     with pytest.raises(ValueError, match="--labels K"):

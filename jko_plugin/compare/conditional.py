@@ -12,16 +12,17 @@ column), each with the same budget, and scores them on the same held-out pairs:
   are held-out points of class ``c`` (up to ``w2_points``) to those points, averaged over the
   classes with equal weights (``w2_per_class`` keeps each); ``w2_floor`` the same from training
   points of the class;
-- ``label_accuracy``: where the Bayes classifier is known (mixtures, moons), the share of samples
-  drawn for class ``c`` that it assigns to ``c``, averaged over classes; ``data_label_accuracy``
-  the same for the held-out points themselves (its ceiling).
+- ``label_accuracy``: where the Bayes classifier is known (mixtures, moons), or with a
+  ``classifier`` trained on the real training pairs, the share of samples drawn for class ``c``
+  that it assigns to ``c``, averaged over classes; ``data_label_accuracy`` the same for the
+  held-out points themselves (its ceiling).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -89,29 +90,30 @@ def _conditional_nll(model: ConditionalModel, x: Tensor, y: Tensor, chunk: int =
 @torch.no_grad()
 def _classwise(
     model: ConditionalModel,
-    ds: object,
+    predict: Callable[[Tensor], Tensor] | None,
     x_train: Tensor,
     y_train: Tensor,
     x_test: Tensor,
     y_test: Tensor,
     w2_points: int,
+    label_samples: int,
     seed: int,
 ) -> dict:
-    """Class-conditional W2 (and its floor) per class, and the Bayes classifier's accuracy on samples."""
+    """Class-conditional W2 (and its floor) per class, and a classifier's accuracy on samples."""
     gen = torch.Generator().manual_seed(seed + 7)
-    posterior = getattr(ds, "posterior", None)
     w2, floor, accuracy, data_accuracy = {}, {}, {}, {}
     for c in torch.unique(y_test).tolist():
         ref = x_test[y_test == c][:w2_points]
         own = x_train[y_train == c][: ref.shape[0]]
-        samples = model.sample(torch.full((ref.shape[0],), c, dtype=torch.long), gen)
+        n = max(ref.shape[0], label_samples if predict is not None else 0)
+        samples = model.sample(torch.full((n,), c, dtype=torch.long), gen)
         finite = bool(torch.isfinite(samples).all())
         if ref.shape[0] >= 2:
-            w2[c] = wasserstein2(samples, ref) if finite else None
+            w2[c] = wasserstein2(samples[: ref.shape[0]], ref) if finite else None
             floor[c] = wasserstein2(own, ref) if own.shape[0] == ref.shape[0] else None
-        if posterior is not None and finite:
-            accuracy[c] = float((posterior(samples).argmax(1) == c).double().mean())
-            data_accuracy[c] = float((posterior(ref).argmax(1) == c).double().mean())
+        if predict is not None and finite:
+            accuracy[c] = float((predict(samples) == c).double().mean())
+            data_accuracy[c] = float((predict(x_test[y_test == c]) == c).double().mean())
 
     def mean(values: dict) -> float | None:
         known = list(values.values())
@@ -166,6 +168,8 @@ def compare_conditional(
     num_test: int = 4000,
     w2_points: int = 2000,
     standardize: bool = True,
+    classifier: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]] | None = None,
+    label_samples: int = 1000,
     verbose: bool = False,
 ) -> list[dict]:
     """Train the conditional ``methods`` on labelled data with one budget; score them on the same
@@ -184,6 +188,11 @@ def compare_conditional(
         w2_points: Held-out points per class (at most) for the class-wise W2.
         standardize: Give every method the data standardised on the training split (the labels
             untouched) and score in data units, as ``compare`` does.
+        classifier: ``fit(x_train, y_train) -> predict``, a classifier trained here on the real
+            training pairs (data units), whose ``predict(x) -> labels`` then scores
+            ``label_accuracy`` instead of the Bayes classifier (which only datasets of known
+            density have): e.g. scikit-learn's ``LogisticRegression`` on digits.
+        label_samples: Samples drawn per class for ``label_accuracy``.
         verbose: Print progress and the table.
 
     Returns:
@@ -196,12 +205,18 @@ def compare_conditional(
     budget = Budget(budget_seconds, steps)
     for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points)):
         positive_int(name, v, minimum=2)
+    positive_int("label_samples", label_samples)
     label, x_train, y_train, x_test, y_test, ds = _load(dataset, labels, num_train, num_test, seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     dim = x_train.shape[1]
     cond_log_prob = getattr(ds, "conditional_log_prob", None)
     true_nll = float(-cond_log_prob(x_test, y_test).double().mean()) if cond_log_prob is not None else None
     norm = Standardize.fit(x_train, warn=False) if standardize else None
+    predict, judge = None, None
+    if classifier is not None:
+        predict, judge = classifier(x_train, y_train), "the given classifier, fitted on the training pairs"
+    elif getattr(ds, "posterior", None) is not None:
+        predict, judge = (lambda x: ds.posterior(x).argmax(1)), "the Bayes classifier (true posterior)"
     records = []
     for method in names:
         if verbose:
@@ -224,7 +239,8 @@ def compare_conditional(
             "true_nll": true_nll,
             "nll_gap": test_nll - true_nll if known else None,
             "nll_gap_per_dim": (test_nll - true_nll) / dim if known else None,
-            **_classwise(result, ds, x_train, y_train, x_test, y_test, w2_points, seed),
+            **_classwise(result, predict, x_train, y_train, x_test, y_test, w2_points, label_samples, seed),
+            "label_classifier": judge,
             "train_seconds": result.train_seconds,
             "train_steps": result.train_steps,
             "params": sum(p.numel() for p in result.module.parameters() if p.requires_grad),
