@@ -78,9 +78,9 @@ def split_labels(data: Tensor, column: int) -> tuple[Tensor, Tensor]:
             left for the samples.
 
     Example:
-        >>> x, y = split_labels(torch.tensor([[0.5, 1.0], [0.7, 0.0]]), -1)
+        >>> x, y = split_labels(torch.tensor([[0.5, 1.0], [0.25, 0.0]]), -1)
         >>> x.tolist(), y.tolist()
-        ([[0.5], [0.7]], [1, 0])
+        ([[0.5], [0.25]], [1, 0])
     """
     d = data.shape[1]
     if isinstance(column, bool) or not isinstance(column, (int, np.integer)) or not -d <= column < d:

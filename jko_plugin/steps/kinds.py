@@ -211,6 +211,9 @@ def make_flow(
         >>> flow = make_flow(2, 3, block="ode", hidden=(16,), steps=1)
         >>> [f.time_interval for f in jko_steps(flow)][0]
         (0.0, 0.5)
+        >>> labelled = make_flow(2, 2, block="spline", hidden=8, num_classes=3)
+        >>> labelled.log_prob(torch.randn(4, 2), torch.tensor([0, 1, 2, 2])).shape
+        torch.Size([4])
     """
     from ..schedule import StepSchedule
 
