@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .steps.kinds import DEFAULT_STEP_KIND, STEP_KINDS
+from .steps.kinds import AUTOREGRESSIVE_MAX_DIM, DEFAULT_STEP_KIND, STEP_KINDS, default_step_kind
 
 __all__ = ["build_parser", "main"]
 
@@ -20,8 +20,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--block",
         choices=sorted(STEP_KINDS),
-        default=DEFAULT_STEP_KIND,
-        help=f"kind of JKO step (default {DEFAULT_STEP_KIND}) - {kinds}",
+        default=None,
+        help=f"kind of JKO step (default: {DEFAULT_STEP_KIND} up to d = {AUTOREGRESSIVE_MAX_DIM}, "
+        f"coupling above) - {kinds}",
     )
     p.add_argument("--blocks", type=int, default=None, help="number of JKO steps")
     p.add_argument("--iterations", type=int, default=None, help="gradient steps per block")
@@ -118,7 +119,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .workflows import run_demo
 
     out = Path(args.out)
-    metrics = run_demo(out, block=args.block, seed=args.seed, progress=not args.quiet, **_overrides(args))
+    block = args.block or default_step_kind(2)
+    metrics = run_demo(out, block=block, seed=args.seed, progress=not args.quiet, **_overrides(args))
     if metrics:  # empty on torchrun ranks other than 0
         _print_summary(metrics, out)
     return 0
@@ -140,7 +142,8 @@ def _train(args: argparse.Namespace) -> int:
         (x_train, y_train), (x_test, y_test) = (split_labels(p, args.label_column) for p in (x_train, x_test))
         labels = {"context": y_train, "context_test": y_test}
         conditional = {"num_classes": int(max(y_train.max(), y_test.max())) + 1}
-    config = default_config(args.block, seed=args.seed, **_overrides(args), **conditional)
+    block = args.block or default_step_kind(x_train.shape[1])
+    config = default_config(block, seed=args.seed, **_overrides(args), **conditional)
     metrics = run_training(
         x_train, x_test, out, config, resume=args.resume, progress=not args.quiet, **labels
     )

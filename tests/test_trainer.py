@@ -383,6 +383,7 @@ def test_time_budget_shares_the_time_left():
     fields.update(kl_estimate=0, nll=0, inversion_error=0)
     done.blocks = [BlockRecord(index=1, seconds=2.5, iterations=100, **fields)]
     assert plan.seconds_per_iteration(done) == pytest.approx(0.02)  # re-measured: (2.5 - 0.5) / 100
+    # the plan counts the blocks it planned: the second call shares among the 3 blocks left
     assert 1 <= plan.iterations(2, done) <= (8.0 / 3 - 0.5) / 0.02
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
         TimeBudget(0.0, costs, 4)
@@ -395,3 +396,15 @@ def test_estimate_costs_times_a_copy_and_leaves_the_flow_alone():
     assert costs.per_iteration > 0 and costs.per_block > 0 and costs.per_fit > 0
     for k, v in flow.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_time_budget_weights_front_load_the_first_block():
+    import time
+
+    from jko_plugin.training import IterationCosts, TimeBudget
+
+    costs = IterationCosts(per_iteration=0.01, per_block=0.0, per_fit=0.0)
+    plan = TimeBudget(6.0, costs, 4, start=time.perf_counter(), weights=(3, 1, 1, 1))
+    assert 295 <= plan.iterations(1, TrainingHistory()) <= 300  # 3 of 6 shares of 6 s
+    with pytest.raises(ValueError, match="one number per block"):
+        TimeBudget(6.0, costs, 4, weights=(1, 1))

@@ -196,7 +196,7 @@ class JKOBlock(ProximalStep):
     @property
     def nfe(self) -> int:
         """Velocity evaluations per sample of ``forward``: ``steps`` times the solver's stages, and
-        with an exact map that many again for each Newton step and for the final log-det."""
+        with an exact map at most that many again for each Newton step and for the final log-det."""
         passes = self.newton_steps + 2 if self.exact_map else 1
         return passes * self.steps * len(SOLVERS[self.solver].b)
 
@@ -301,21 +301,26 @@ class JKOBlock(ProximalStep):
         return z, torch.linalg.slogdet(jac).logabsdet, integrals, jac
 
     def _invert_map(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``T^{-1}(z)`` and ``log|det dT^{-1}/dz|``: the reverse-time solve, then Newton steps on
-        ``T(x) = z`` with ``T``'s exact Jacobian (the last pass also gives the log-det)."""
+        """``T^{-1}(z)`` and ``log|det dT^{-1}/dz|``: the reverse-time solve, then up to
+        ``newton_steps`` Newton steps on ``T(x) = z`` with ``T``'s exact Jacobian, stopping once the
+        residual is at rounding level; the last pass also gives the log-det at the returned point."""
+        tableau = SOLVERS[self.solver]
         x, _ = integrate(
             lambda xs, s: (self._field(xs, s, trace=False, context=context)[0], ()),
             z,
             1.0,
             0.0,
             self.steps,
-            SOLVERS[self.solver],
+            tableau,
             0,
         )
+        tol = 100 * torch.finfo(z.dtype).eps * max(1.0, float(z.detach().abs().max()))
         for k in range(self.newton_steps + 1):
             y, log_det, _, jac = self._solver_map(x, kinetic=False, context=context)
-            if k < self.newton_steps:
-                x = x - torch.linalg.solve(jac, (y - z).unsqueeze(-1)).squeeze(-1)
+            residual = y - z
+            if k == self.newton_steps or float(residual.detach().abs().max()) <= tol:
+                break
+            x = x - torch.linalg.solve(jac, residual.unsqueeze(-1)).squeeze(-1)
         return x, -log_det
 
     def transport(self, x: Tensor, *, log_det: bool = True, context: Tensor | None = None) -> Transport:

@@ -18,9 +18,11 @@ from .layers import build_layer
 from .map import JKOStep
 
 __all__ = [
+    "AUTOREGRESSIVE_MAX_DIM",
     "DEFAULT_STEP_KIND",
     "STEP_KINDS",
     "StepKind",
+    "default_step_kind",
     "jko_steps",
     "make_flow",
     "make_coupling_step",
@@ -176,6 +178,20 @@ STEP_KINDS: dict[str, StepKind] = {
 }
 #: The kind used when none is named: it trained the best 2-D density at equal time (BENCHMARKS.md s.1).
 DEFAULT_STEP_KIND = "spline"
+#: Above this dimension ``default_step_kind`` picks coupling steps: an autoregressive spline samples
+#: with one network pass per coordinate per layer, a coupling spline with one per layer
+#: (BENCHMARKS.md: digits, d = 64).
+AUTOREGRESSIVE_MAX_DIM = 16
+
+
+def default_step_kind(dim: int) -> str:
+    """The step kind for data of dimension ``dim``: ``DEFAULT_STEP_KIND`` up to
+    ``AUTOREGRESSIVE_MAX_DIM``, ``"coupling"`` above.
+
+    >>> default_step_kind(2), default_step_kind(64)
+    ('spline', 'coupling')
+    """
+    return DEFAULT_STEP_KIND if positive_int("dim", dim) <= AUTOREGRESSIVE_MAX_DIM else "coupling"
 
 
 def get_step_kind(name: str) -> StepKind:

@@ -52,17 +52,23 @@ class FixedIterations:
 class TimeBudget:
     """Shares ``seconds`` of wall clock among ``num_blocks`` blocks.
 
-    Before each block, the time left is split equally among the blocks left, the block's fixed
+    Before each block (each call of ``iterations``), the time left is split equally among the
+    blocks left, the block's fixed
     cost is taken off and the rest turned into iterations at the measured cost per iteration:
     first ``costs.per_iteration``, then the mean over the blocks trained so far, from their
     records (``seconds`` less ``costs.per_block``, over ``iterations``). The clock starts when
     the plan is made (or at ``start``, a ``time.perf_counter()`` value).
+
+    With ``weights`` the time left is shared in proportion to the weights of the blocks left
+    instead of equally (e.g. ``(3, 1, 1, 1)`` gives the first block, which moves the data the
+    most, three shares).
 
     Args:
         seconds: The budget for the whole fit.
         costs: ``JKOTrainer.estimate_costs``'s measurement.
         num_blocks: Blocks to share the budget among.
         start: When the budget started (default: now).
+        weights: Relative shares per block (``num_blocks`` positive numbers; default equal).
 
     Example:
         >>> plan = TimeBudget(10.0, IterationCosts(0.01, 0.5, 0.0), 4)
@@ -71,12 +77,23 @@ class TimeBudget:
     """
 
     def __init__(
-        self, seconds: float, costs: IterationCosts, num_blocks: int, *, start: float | None = None
+        self,
+        seconds: float,
+        costs: IterationCosts,
+        num_blocks: int,
+        *,
+        start: float | None = None,
+        weights: tuple[float, ...] | None = None,
     ) -> None:
         self.seconds = positive("seconds", seconds)
         self.costs = costs
         self.num_blocks = positive_int("num_blocks", num_blocks)
         self.start = time.perf_counter() if start is None else float(start)
+        weights = (1.0,) * self.num_blocks if weights is None else tuple(weights)
+        if len(weights) != self.num_blocks:
+            raise ValueError(f"weights must hold one number per block ({self.num_blocks}), got {weights}")
+        self.weights = tuple(positive(f"weights[{i}]", w) for i, w in enumerate(weights))
+        self._planned = 0  # blocks planned so far (a fit with ``adapt`` trains blocks twice)
 
     def seconds_per_iteration(self, history: TrainingHistory) -> float:
         """The cost per iteration measured on the blocks trained so far (the estimate before any)."""
@@ -89,5 +106,7 @@ class TimeBudget:
     def iterations(self, block: int, history: TrainingHistory) -> int:
         """Iterations that fit in this block's share of the time left (at least 1)."""
         left = self.seconds - self.costs.per_fit - (time.perf_counter() - self.start)
-        share = left / max(self.num_blocks - len(history.blocks), 1)
+        done = min(self._planned, self.num_blocks - 1)
+        self._planned += 1
+        share = left * self.weights[done] / sum(self.weights[done:])
         return max(1, int((share - self.costs.per_block) / self.seconds_per_iteration(history)))
