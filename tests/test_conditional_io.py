@@ -266,3 +266,15 @@ def test_conditional_comparison_scores_every_method(tmp_path):
         compare_conditional("moons", "nsf", steps=2)
     with pytest.raises(ValueError, match="--labels K"):
         compare_conditional(tmp_path / "x.csv", "cfm", steps=2)
+
+
+def test_cli_compare_on_a_labelled_file(tmp_path, capsys):
+    x, y = load_labelled("8gaussians", 500, seed=0)
+    np.savetxt(tmp_path / "pts.csv", np.c_[x.numpy(), y.numpy()], delimiter=",")
+    out = tmp_path / "cmp"
+    args = ["compare", "--dataset", str(tmp_path / "pts.csv"), "--labels", "-1", "--methods", "jko-spline"]
+    assert main(args + ["--steps", "4", "--num-train", "400", "--num-test", "100", "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "8 classes), conditional" in table and "| jko-spline |" in table
+    assert main(args + ["--steps", "4", "--seeds", "0,1", "--out", str(out)]) == 2
+    assert "one --seed" in capsys.readouterr().err
