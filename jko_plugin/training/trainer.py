@@ -277,14 +277,18 @@ class JKOTrainer:
         context_val: Tensor | None = None,
     ) -> None:
         opts, ctx = self.options, self.distributed
+        # Unconditional flows call the fitter exactly as before contexts existed.
+        given = {} if context is None else {"context": context}
+        given_val = {} if context_val is None else {"context": context_val}
+        both = {} if context is None else {"context": context, "context_val": context_val}
         val_log_det = val.new_zeros(val.shape[0])
         k, i = 0, 0
         while i < len(self.flow.flows):
             layer = self.flow.flows[len(self.flow.flows) - 1 - i]  # data side first
             i += 1
             if not isinstance(layer, ProximalStep):
-                data, _ = self._fitter().push(layer, data, context)
-                val, ld = self._fitter().push(layer, val, context_val)
+                data, _ = self._fitter().push(layer, data, **given)
+                val, ld = self._fitter().push(layer, val, **given_val)
                 val_log_det = val_log_det + ld
                 continue
             k += 1
@@ -295,8 +299,8 @@ class JKOTrainer:
                 if opts.warm_start and k > 1:
                     _warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
-                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks, context)
-            data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, context, context_val)
+                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks, **given)
+            data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, **both)
             val_log_det = val_log_det + ld
             if k > done:
                 nlls = -self.flow.q0.log_prob(val) - val_log_det
