@@ -10,7 +10,10 @@ label the diffusers way: ``pipe(class_labels=[3] * 8)``.
 Writes ``conditional_digits/samples.png`` (one row per class: a real held-out digit, then samples)
 and the pipeline in ``conditional_digits/model``; prints the conditional test NLL and how often a
 scikit-learn logistic regression, trained on the real training digits, labels the samples of each
-class with that class. A few minutes on two CPU cores:
+class with that class (0.96 in our run, as often as it labels real held-out digits right). The
+per-step table shows the held-out conditional NLL rising after the second step: with about 144
+training digits per class the later steps overfit (pick the number of steps on a validation
+split for likelihoods). A few minutes on two CPU cores:
 
     python examples/conditional_digits.py [iterations_per_block]
 """
@@ -88,6 +91,7 @@ def main(iterations: int = 300) -> None:
     axes[0][0].set_title("real", fontsize=9)
     axes[0][1].set_title("samples ->", fontsize=9)
     fig.suptitle("class-conditional JKO flow on 8x8 digits: pipe(class_labels=...)")
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.02, top=0.93, wspace=0.1, hspace=0.1)
     fig.savefig(OUT / "samples.png", dpi=80)
     print(f"wrote {OUT / 'samples.png'} and {OUT / 'model'}")
 
