@@ -34,6 +34,7 @@ from jko_plugin._validate import check_batch, check_timestep, choice, positive_i
 from jko_plugin.interpolants import INTERPOLANTS, GaussianInterpolant, get_interpolant
 from jko_plugin.sampling.model import VelocityOutput
 from jko_plugin.sampling.ode import ode_log_prob, sample_ode
+from jko_plugin.steps.context import ContextEncoder
 from jko_plugin.steps.velocity import VelocityMLP
 
 __all__ = [
@@ -86,6 +87,11 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
             or a ``GaussianInterpolant``; the config saves its name, so a saved model reloads
             when that name is in ``INTERPOLANTS``.
         num_train_timesteps: Scale of diffusers timesteps: ``timestep = sigma * num_train_timesteps``.
+        num_classes, context_dim, embed_dim: A conditional field ``v(x, sigma, c)`` (as a JKO
+            step's, ``ContextEncoder``): class labels through a learned embedding, or a continuous
+            context; ``forward`` then takes ``class_labels=`` or ``encoder_hidden_states=`` (the
+            diffusers keywords) and ``loss``, ``sample``, ``log_prob`` and ``fit_flow_matching``
+            take ``context=``.
 
     Example:
         >>> model = FlowMatchingModel(2)
@@ -102,39 +108,58 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         activation: str = "silu",
         path: str | GaussianInterpolant = "linear",
         num_train_timesteps: int = 1000,
+        num_classes: int | None = None,
+        context_dim: int | None = None,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.interpolant = get_interpolant(path)
         path = self.interpolant.name
         self.register_to_config(path=path)
         positive_int("num_train_timesteps", num_train_timesteps)
-        self.net = VelocityMLP(dim, tuple(hidden), activation=activation, time_dependent=True)
+        self.context_encoder = ContextEncoder(
+            context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim
+        )
+        self.net = VelocityMLP(
+            dim,
+            tuple(hidden),
+            activation=activation,
+            time_dependent=True,
+            context_dim=self.context_encoder.features,
+        )
         self.dim = dim
         self.path = path
         self.num_train_timesteps = num_train_timesteps
 
-    def velocity(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+    def velocity(self, x: Tensor, sigma: float | Tensor, context: Tensor | None = None) -> Tensor:
         """``dx/dsigma``; ``x`` of shape ``(batch, d)``, ``sigma`` a float or ``(batch,)`` in [0, 1]."""
-        return self.net(x, sigma)
+        return self.net(x, sigma, self.context_encoder(context, x))
 
     def forward(
-        self, sample: Tensor, timestep: float | Tensor, return_dict: bool = True
+        self,
+        sample: Tensor,
+        timestep: float | Tensor,
+        class_labels: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        return_dict: bool = True,
     ) -> VelocityOutput | tuple[Tensor]:
         """diffusers' contract: velocity at ``timestep = sigma * num_train_timesteps``, a number, a
-        one-element tensor or one per row ``(batch,)``; ``VelocityOutput`` or ``(velocity,)``."""
+        one-element tensor or one per row ``(batch,)`` (conditional: ``class_labels`` or
+        ``encoder_hidden_states``, one row per sample); ``VelocityOutput`` or ``(velocity,)``."""
         check_batch(sample, self.dim, "sample")
         t = check_timestep(timestep, sample.shape[0])
-        v = self.net(sample, t / self.num_train_timesteps)
+        context = class_labels if class_labels is not None else encoder_hidden_states
+        v = self.velocity(sample, t / self.num_train_timesteps, context)
         return VelocityOutput(sample=v) if return_dict else (v,)
 
     def interpolate(self, x: Tensor, z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """Path point ``x_sigma`` and target ``d x_sigma / d sigma``, for ``sigma`` of shape ``(batch,)``."""
         return self.interpolant.at_sigma(x, z, sigma)
 
-    def loss(self, x: Tensor, z: Tensor, sigma: Tensor) -> Tensor:
-        """Conditional flow-matching loss ``mean |v(x_sigma, sigma) - target|^2``."""
+    def loss(self, x: Tensor, z: Tensor, sigma: Tensor, context: Tensor | None = None) -> Tensor:
+        """Conditional flow-matching loss ``mean |v(x_sigma, sigma[, c]) - target|^2``."""
         xs, target = self.interpolate(x, z, sigma)
-        return (self.velocity(xs, sigma) - target).square().sum(-1).mean()
+        return (self.velocity(xs, sigma, context) - target).square().sum(-1).mean()
 
     @torch.no_grad()
     def sample(
@@ -145,8 +170,10 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         solver: str = "euler",
         generator: torch.Generator | None = None,
         latents: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
-        """``n`` samples: ``latents`` (default ``N(0, I)`` from ``generator``) integrated from sigma 1 to 0.
+        """``n`` samples: ``latents`` (default ``N(0, I)`` from ``generator``) integrated from sigma 1 to 0
+        (``context``: one row per sample for a conditional model).
 
         NFE per sample: ``steps`` times the solver's stages (1 Euler, 2 Heun, 4 RK4).
         """
@@ -154,15 +181,28 @@ class FlowMatchingModel(ModelMixin, ConfigMixin):
         if latents is None:
             where = generator.device if generator is not None else p.device  # then moved, as diffusers does
             latents = torch.randn(n, self.dim, generator=generator, dtype=p.dtype, device=where).to(p.device)
-        return sample_ode(self.velocity, latents, steps=steps, solver=solver)
+        c = self.context_encoder(context, latents)
+        return sample_ode(lambda x, s: self.net(x, s, c), latents, steps=steps, solver=solver)
 
     @torch.no_grad()
-    def log_prob(self, x: Tensor, *, steps: int = 64, solver: str = "rk4") -> Tensor:
-        """Exact log-likelihood (exact divergence from forward-mode tangents), shape ``(n,)``.
+    def log_prob(
+        self, x: Tensor, *, steps: int = 64, solver: str = "rk4", context: Tensor | None = None
+    ) -> Tensor:
+        """Exact log-likelihood (exact divergence from forward-mode tangents), shape ``(n,)``;
+        ``log p(x | c)`` with ``context`` for a conditional model.
 
         The only error is the ODE solver's: with RK4 it falls as ``steps^-4`` (see ``ode_log_prob``).
         """
-        return ode_log_prob(self.net.forward_with_trace, x, steps=steps, solver=solver)
+        c = self.context_encoder(context, x)
+        if c is None:
+            return ode_log_prob(self.net.forward_with_trace, x, steps=steps, solver=solver)
+        return ode_log_prob(
+            lambda y, s: self.net.forward_with_trace(y, s, None, c),
+            x,
+            steps=steps,
+            solver=solver,
+            chunk_size=len(x),
+        )
 
 
 def fit_flow_matching(
@@ -177,6 +217,7 @@ def fit_flow_matching(
     lr_schedule: str = "cosine",
     seed: int = 0,
     log_every: int = 100,
+    context: Tensor | None = None,
 ) -> FitHistory:
     """Train ``model`` in place by conditional flow matching on the rows of ``x``.
 
@@ -192,6 +233,10 @@ def fit_flow_matching(
         seed: Seeds the minibatches, noise and times (the model's initial weights are the
             caller's: seed ``torch.manual_seed`` before building it).
         log_every: Record the loss every this many steps.
+        context: For a conditional model, the rows' labels ``(n,)`` or contexts ``(n, m)``,
+            drawn with their rows. Not with ``coupling="ot"``: pairing a batch across contexts
+            would make the noise depend on ``c``, and the model's latent would not be ``N(0, I)``
+            given ``c``.
 
     Returns:
         ``FitHistory``.
@@ -207,14 +252,20 @@ def fit_flow_matching(
     p = next(model.parameters())
     x = x.to(dtype=p.dtype, device=p.device)
     gen = torch.Generator(device=p.device).manual_seed(seed)
+    model.context_encoder.check(context, x.shape[0])  # a missing or bad context fails here
+    if context is not None and coupling == "ot":
+        raise ValueError("coupling='ot' pairs noise across contexts: use coupling='independent' with context")
+    if context is not None:
+        context = context.to(device=p.device, dtype=None if not context.is_floating_point() else p.dtype)
 
     def batch_loss() -> Tensor:
-        xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)]
+        rows = torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)
+        xb = x[rows]
         z = torch.randn(xb.shape, generator=gen, dtype=p.dtype, device=p.device)
         if coupling == "ot":
             z = z[ot_pairing(xb, z)]
         sigma = model.interpolant.sample_sigma(batch_size, generator=gen, like=xb)
-        return model.loss(xb, z, sigma)
+        return model.loss(xb, z, sigma, None if context is None else context[rows])
 
     return fit_budgeted(model, batch_loss, budget, lr=lr, lr_schedule=lr_schedule, log_every=log_every)
 

@@ -10,7 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_points", "check_batch", "check_timestep", "choice", "positive", "positive_int"]
+__all__ = [
+    "as_points",
+    "check_batch",
+    "check_context",
+    "check_timestep",
+    "choice",
+    "positive",
+    "positive_int",
+]
 
 
 def positive(name: str, value: object, *, below: float | None = None) -> float:
@@ -131,3 +139,64 @@ def check_timestep(timestep: object, batch: int) -> float | Tensor:
     if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
         raise ValueError(f"timestep must be a number or a tensor, got {timestep!r}")
     return float(timestep)
+
+
+def check_context(
+    context: object,
+    batch: int,
+    *,
+    num_classes: int | None = None,
+    context_dim: int | None = None,
+    name: str = "context",
+) -> Tensor:
+    """The condition of ``batch`` rows for a model conditioned on ``num_classes`` class labels or on a
+    continuous context of ``context_dim`` features (exactly one of the two).
+
+    Labels: an integer tensor (or array) of shape ``(batch,)`` with values in ``[0, num_classes)``;
+    a continuous context: a finite floating tensor of shape ``(batch, context_dim)``.
+
+    Raises:
+        ValueError: ``None``, another type, shape or dtype, a label out of range, NaN or inf.
+
+    >>> check_context(torch.tensor([0, 2]), 2, num_classes=3).tolist()
+    [0, 2]
+    >>> check_context(torch.tensor([0, 3]), 2, num_classes=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: context holds labels outside [0, 3): 3 (in 1 of 2 rows)
+    """
+    if (num_classes is None) == (context_dim is None):
+        raise ValueError("check_context needs exactly one of num_classes and context_dim")
+    want = (
+        f"class labels of shape ({batch},)" if num_classes is not None else f"shape ({batch}, {context_dim})"
+    )
+    if context is None:
+        raise ValueError(f"this model is conditional: pass {name} ({want})")
+    if isinstance(context, np.ndarray):
+        context = torch.from_numpy(context)
+    if not isinstance(context, Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor or numpy array ({want}), got {type(context).__name__}"
+        )
+    if num_classes is not None:
+        if context.is_floating_point() or context.is_complex() or context.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer class labels, got dtype {context.dtype}")
+        if tuple(context.shape) != (batch,):
+            raise ValueError(
+                f"{name} must have shape ({batch},) (one label per row), got {tuple(context.shape)}"
+            )
+        bad = (context < 0) | (context >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} holds labels outside [0, {num_classes}): {int(context[bad][0])} "
+                f"(in {int(bad.sum())} of {batch} rows)"
+            )
+        return context.long()
+    if not context.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor of {want}, got dtype {context.dtype}")
+    if tuple(context.shape) != (batch, context_dim):
+        raise ValueError(f"{name} must have {want}, got {tuple(context.shape)}")
+    bad = ~torch.isfinite(context).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or inf in {int(bad.sum())} of {batch} rows")
+    return context

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in OUT/checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT")
+    train.add_argument(
+        "--label-column",
+        type=int,
+        default=None,
+        help="column of class labels (0, 1, ...; -1 the last): train a class-conditional flow on the others",
+    )
     _add_model_options(train)
     _add_run_options(train)
 
@@ -110,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, required=True, help="number of samples")
     sample.add_argument("--out", required=True, help="output file (.npy or .csv)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--class", dest="class_label", type=int, default=None, help="class of a class-conditional model"
+    )
     _add_device_option(sample)
 
     distill = sub.add_parser("distill", help="distill a trained ODE model into a few-step flow map")
@@ -163,7 +172,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .datasets import load_samples, train_test_split
+    import torch
+
+    from .datasets import load_samples, split_labels, train_test_split
     from .datasets.files import check_columns, describe_scale
     from .training.options import TrainingDiverged
     from .workflows import default_config, run_training
@@ -173,12 +184,20 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {out} holds an earlier run; pass --resume or --overwrite", file=sys.stderr)
         return 2
     x = load_samples(args.data)
+    x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
+    labels: dict = {}
+    conditional: dict = {}
+    if args.label_column is not None:  # split with the samples, then separated
+        (x_train, y_train), (x_test, y_test) = (split_labels(p, args.label_column) for p in (x_train, x_test))
+        labels = {"context": y_train, "context_test": y_test}
+        conditional = {"num_classes": int(max(y_train.max(), y_test.max())) + 1}
+    x = torch.cat([x_train, x_test])  # the sample columns (without the labels)
     notes = check_columns(x)  # refuses a constant column before anything is trained
-    config = default_config(args.block or default_step_kind(x.shape[1]), seed=args.seed, **_overrides(args))
+    block = args.block or default_step_kind(x_train.shape[1])
+    config = default_config(block, seed=args.seed, **_overrides(args), **conditional)
     if not config.standardize:  # otherwise Standardize.fit gives the same advice
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
-    x_train, x_test = train_test_split(x, args.test_fraction, seed=args.seed)
     try:
         metrics = run_training(
             x_train,
@@ -189,6 +208,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             device=args.device,
             log_dir=args.log_dir,
+            **labels,
         )
     except TrainingDiverged as err:
         advice = (
@@ -230,8 +250,19 @@ def _sample(args: argparse.Namespace) -> int:
         return 2
     device = resolve_device(args.device)
     pipe = JKOFlowPipeline.from_pretrained(args.model).to(device)
+    conditioning = getattr(pipe.model, "conditioning", {})
+    classes = conditioning.get("num_classes")
+    if args.class_label is None and conditioning:
+        raise ValueError(f"{args.model} holds a conditional model ({conditioning}): pass --class")
+    if args.class_label is not None and classes is None:
+        raise ValueError(f"{args.model} holds a model without class labels: drop --class")
+    if args.class_label is not None and not 0 <= args.class_label < classes:
+        raise ValueError(f"--class must lie in [0, {classes - 1}] for this model, got {args.class_label}")
     samples = pipe(
-        batch_size=args.n, generator=torch.Generator().manual_seed(args.seed), output_type="np"
+        batch_size=args.n,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="np",
+        class_labels=args.class_label,
     ).samples
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":

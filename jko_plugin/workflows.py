@@ -21,6 +21,7 @@ from .plotting import can_plot, plot_samples, plot_training
 from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from .steps.block import DENSITIES, TRACE_ESTIMATORS, JKOBlock
+from .steps.context import context_settings
 from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow
 from .steps.normalize import Standardize
 from .training.distributed import is_main_process, resolve_device
@@ -61,7 +62,8 @@ class RunConfig:
     spline and coupling steps: ``spline_layers``, ``spline_hidden``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
-    training split, so NLLs and samples are in the data's own units.
+    training split, so NLLs and samples are in the data's own units. ``num_classes`` or
+    ``context_dim`` make every step conditional (``make_flow``'s context options).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -83,9 +85,12 @@ class RunConfig:
     growth: float = GEOMETRIC_GROWTH
     seed: int = 0
     standardize: bool = True
+    num_classes: int | None = None
+    context_dim: int | None = None
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
+        context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
         for name, fallback in _RUN_DEFAULTS.items():
@@ -107,7 +112,8 @@ class RunConfig:
     def step_options(self) -> dict:
         """The options of this kind's step builder, from the fields the kind reads."""
         kind = get_step_kind(self.block)
-        return {option: getattr(self, name) for name, option in kind.run_options.items()}
+        options = {option: getattr(self, name) for name, option in kind.run_options.items()}
+        return {**options, **context_settings(num_classes=self.num_classes, context_dim=self.context_dim)}
 
     def scheduler(self, schedule: StepSchedule | None = None) -> JKOScheduler:
         """The ``JKOScheduler`` that samples this run's flow: geometric from the config, or on
@@ -188,10 +194,13 @@ def train_flow(
     device: str | torch.device | None = "cpu",
     on_step: Callable[[StepEvent], None] | None = None,
     callback: Callable[[BlockRecord], None] | None = None,
+    context: Tensor | None = None,
+    context_test: Tensor | None = None,
 ) -> TrainedRun:
     """Build the flow of ``config`` (on the data side a ``Standardize`` fitted on ``x_train`` when
     ``config.standardize``) and train it block-wise on ``device`` (``None``: CUDA when available,
-    see ``resolve_device``); ``on_step`` and ``callback`` go to ``JKOTrainer.fit``."""
+    see ``resolve_device``); ``on_step`` and ``callback`` go to ``JKOTrainer.fit``. A conditional
+    config trains on the rows' ``context`` (labels or tensor) and measures on ``context_test``."""
     device = resolve_device(device)
     flow = build_flow(config, x_train.shape[1])
     if config.standardize:
@@ -202,6 +211,8 @@ def train_flow(
     history = trainer.fit(
         x_train,
         x_test,
+        context=context,
+        context_val=context_test,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         overwrite=not resume,
@@ -213,22 +224,34 @@ def train_flow(
 
 @torch.no_grad()
 def evaluate(
-    flow: nf.NormalizingFlow, x_test: Tensor, x_ref: Tensor, *, num_samples: int = 4000, seed: int = 0
+    flow: nf.NormalizingFlow,
+    x_test: Tensor,
+    x_ref: Tensor,
+    *,
+    num_samples: int = 4000,
+    seed: int = 0,
+    context_test: Tensor | None = None,
 ) -> dict:
     """Held-out NLL, W2 from ``n`` samples to ``n`` held-out points, and the floor: W2 from ``n``
     points of ``x_ref`` (an independent data sample, e.g. training points) to the same held-out
-    points, where ``n = min(num_samples, len(x_test), len(x_ref))``. Also returns the samples."""
+    points, where ``n = min(num_samples, len(x_test), len(x_ref))``. Also returns the samples.
+
+    A conditional flow is given the held-out contexts ``context_test``: the NLL is then
+    ``-log p(x | c)``, and the ``n`` samples are drawn for the contexts of the first ``n`` held-out
+    points (so they compare with those points)."""
     from .metrics import nll
 
     flow.eval()
     p = next(flow.parameters())
     x_test, x_ref = x_test.to(device=p.device, dtype=p.dtype), x_ref.to(device=p.device, dtype=p.dtype)
     n = min(num_samples, x_test.shape[0], x_ref.shape[0])
+    if context_test is not None:
+        context_test = context_test.to(p.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples, _ = flow.sample(n)
+        samples, _ = flow.sample(n) if context_test is None else flow.sample(n, context_test[:n])
     with ode_density(flow):
-        test_nll = nll(flow, x_test)
+        test_nll = nll(flow, x_test, context=context_test)
     w2, note = _checked_w2(samples, x_test[:n], "W2 to held-out")
     floor, floor_note = _checked_w2(x_ref[:n], x_test[:n], "the data-vs-data floor")
     return {
@@ -272,11 +295,11 @@ def _checked_w2(x: Tensor, y: Tensor, label: str) -> tuple[float, str | None]:
 
 
 @torch.no_grad()
-def _pushed(flow: nf.NormalizingFlow, x: Tensor) -> list[Tensor]:
+def _pushed(flow: nf.NormalizingFlow, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
     """The data after each JKO step (data side first)."""
     out, steps = [], set(map(id, jko_steps(flow)))
     for layer in reversed(flow.flows):
-        x, _ = layer.inverse(x)
+        x, _ = layer.inverse(x) if context is None else layer.inverse(x, context=context)
         if id(layer) in steps:
             out.append(x)
     return out
@@ -292,6 +315,8 @@ def run_training(
     progress: bool = True,
     device: str | torch.device | None = "cpu",
     log_dir: str | Path | None = None,
+    context: Tensor | None = None,
+    context_test: Tensor | None = None,
 ) -> dict:
     """Train, evaluate and write ``metrics.json``, the figures ``samples.png`` and ``training.png``
     (when matplotlib is installed; ``metrics["figures"]`` lists them) and the pipeline in ``out/model``.
@@ -299,7 +324,8 @@ def run_training(
     ``device``: where to train and evaluate (``None``: CUDA when available). ``log_dir``: also
     write TensorBoard scalars there (``training.tracking.TensorBoardLogger``; needs tensorboard).
     Under ``torchrun`` every rank trains its shard; rank 0 alone evaluates and writes, and the
-    other ranks return ``{}``."""
+    other ranks return ``{}``. A conditional ``config`` takes the rows' ``context`` and
+    ``context_test`` (e.g. class labels)."""
     from .sampling.pipeline import JKOFlowPipeline
     from .training.tracking import TensorBoardLogger
 
@@ -317,13 +343,15 @@ def run_training(
             device=device,
             on_step=logger.on_step if logger else None,
             callback=logger.on_block if logger else None,
+            context=context,
+            context_test=context_test,
         )
     finally:
         if logger is not None:
             logger.close()
     if not is_main_process():  # under torchrun, rank 0 alone evaluates and writes
         return {}
-    result = evaluate(flow, x_test, x_train, seed=config.seed)
+    result = evaluate(flow, x_test, x_train, seed=config.seed, context_test=context_test)
     samples = result.pop("samples")
     metrics = {
         **result,
@@ -339,7 +367,8 @@ def run_training(
         plot_training(history, path=out / "training.png")
         figures.append("training.png")
         if x_test.shape[1] >= 2:
-            pushed = _pushed(flow, x_test.to(samples.device, samples.dtype))
+            c = None if context_test is None else context_test.to(samples.device)
+            pushed = _pushed(flow, x_test.to(samples.device, samples.dtype), c)
             plot_samples(x_test, samples, pushed, path=out / "samples.png")
             figures.append("samples.png")
     metrics["figures"] = figures

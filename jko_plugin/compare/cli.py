@@ -65,6 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="add the Lipschitz estimate and W2 stability columns and lipschitz.png",
     )
     parser.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional comparison on a labelled dataset (moons, 8gaussians, gmm<d>, digits): "
+        "conditional NLL and class-wise W2, methods that take a context",
+    )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=None,
+        help="label column of a --dataset file (implies --conditional)",
+    )
+    parser.add_argument(
         "--maf-root",
         default=None,
         help="folder of the MAF data archive; then --dataset is power, gas, hepmass, miniboone or bsds300",
@@ -92,6 +104,31 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..plotting import PLOT_NOTE, can_plot
 
+    if getattr(args, "conditional", False) or getattr(args, "labels", None) is not None:
+        from ..training.distributed import resolve_device
+        from .conditional import compare_conditional
+        from .conditional_methods import DEFAULT_CONDITIONAL_METHODS
+
+        extras = [
+            flag
+            for flag, given in (
+                ("--seeds", getattr(args, "seeds", None)),
+                ("--maf-root", options["maf_root"] is not None),
+                ("--distill", options["distill"] is not None),
+                ("--regularity", options["regularity_columns"]),
+            )
+            if given
+        ]
+        if extras:
+            raise ValueError(f"the conditional comparison takes one --seed and no {', '.join(extras)}")
+        if resolve_device(args.device).type != "cpu":
+            raise ValueError("the conditional comparison runs on cpu: pass --device cpu")
+        methods = DEFAULT_CONDITIONAL_METHODS if args.methods == DEFAULT_METHODS else args.methods
+        for key in ("maf_root", "distill", "regularity_columns", "device"):
+            del options[key]
+        compare_conditional(args.dataset, methods, labels=args.labels, seed=args.seed, **options)
+        print(f"wrote {Path(args.out) / 'table.md'} and results.json")
+        return 0
     if getattr(args, "seeds", None):
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

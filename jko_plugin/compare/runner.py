@@ -68,7 +68,7 @@ TABLE_COLUMNS = (
     ("w2_stability", "W2 stab.", "{:.2f}"),
 )
 #: Columns shown only when some record has them.
-_OPTIONAL_COLUMNS = ("nll_gap", "fast_w2", "fast_nfe", "lipschitz", "w2_stability")
+_OPTIONAL_COLUMNS = ("nll_gap", "fast_w2", "fast_nfe", "lipschitz", "w2_stability", "label_accuracy")
 
 
 def _fast_sampler(result: TrainedModel, num_samples: int, n: int, ref: Tensor, seed: int) -> dict:
@@ -171,11 +171,13 @@ def _params(model: nn.Module) -> int:
 # -- evaluation and outputs ---------------------------------------------------------------------
 
 
-def format_table(records: Sequence[dict]) -> str:
-    """The records as a Markdown table (columns ``TABLE_COLUMNS``; ``nll_gap`` and the regularity
-    columns only when some record has them)."""
-    shown = {k for k in _OPTIONAL_COLUMNS if any(r.get(k) is not None for r in records)}
-    columns = [c for c in TABLE_COLUMNS if c[0] not in _OPTIONAL_COLUMNS or c[0] in shown]
+def format_table(records: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> str:
+    """The records as a Markdown table (``columns``: ``(key, heading, format)``, default
+    ``TABLE_COLUMNS``); optional columns (``nll_gap``, fast samplers, regularity, label accuracy)
+    only when some record fills them."""
+    columns = [
+        c for c in columns if c[0] not in _OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in records)
+    ]
     lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         cells = []

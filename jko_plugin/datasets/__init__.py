@@ -1,7 +1,8 @@
 r"""Offline data: 2-D toys, pictures (rose, tree), exact-density Gaussian mixtures, digits, MAF, files."""
 
-from .files import load_samples, train_test_split
-from .images import digits
+from .files import load_samples, split_labels, train_test_split
+from .images import digits, digits_labelled
+from .labelled import LABELLED_DATASETS, LabelledDataset, conditional_log_prob, get_labelled, load_labelled
 from .maf import MAF_DATASETS, MAFSplits, load_maf
 from .mixture import GaussianMixture
 from .pixels import (
@@ -14,7 +15,7 @@ from .pixels import (
     tree,
     tree_log_prob,
 )
-from .registry import DATASETS, Dataset, get_dataset, load_dataset
+from .registry import DATASETS, Dataset, benchmark_mixture, get_dataset, load_dataset
 from .toys import (
     MOONS_SCALE,
     MOONS_SHIFT,
@@ -22,10 +23,12 @@ from .toys import (
     checkerboard_log_prob,
     circles,
     eight_gaussians,
+    eight_gaussians_labelled,
     eight_gaussians_log_prob,
     moons_log_prob,
     pinwheel,
     two_moons,
+    two_moons_labelled,
     two_spirals,
 )
 
@@ -37,13 +40,21 @@ __all__ = [
     "PIXEL_IMAGES",
     "PixelMixture",
     "Dataset",
+    "benchmark_mixture",
     "GaussianMixture",
     "MAFSplits",
     "checkerboard",
     "checkerboard_log_prob",
     "circles",
     "digits",
+    "digits_labelled",
+    "LABELLED_DATASETS",
+    "LabelledDataset",
+    "conditional_log_prob",
+    "get_labelled",
+    "load_labelled",
     "eight_gaussians",
+    "eight_gaussians_labelled",
     "eight_gaussians_log_prob",
     "get_dataset",
     "load_dataset",
@@ -53,11 +64,13 @@ __all__ = [
     "pinwheel",
     "pixel_image",
     "pixel_mixture",
+    "split_labels",
     "rose",
     "rose_log_prob",
     "train_test_split",
     "tree",
     "tree_log_prob",
     "two_moons",
+    "two_moons_labelled",
     "two_spirals",
 ]

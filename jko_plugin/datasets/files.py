@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._common import Seed, _rng, _tensor
 
-__all__ = ["check_columns", "describe_scale", "load_samples", "train_test_split"]
+__all__ = ["check_columns", "describe_scale", "load_samples", "split_labels", "train_test_split"]
 
 
 def load_samples(path: str | Path) -> Tensor:
@@ -114,3 +114,41 @@ def describe_scale(x: Tensor | np.ndarray) -> str:
     x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
     std, top = x.std(axis=0), np.abs(x).max()
     return f"column standard deviations {std.min():.3g} to {std.max():.3g}, largest |value| {top:.3g}"
+
+
+def split_labels(data: Tensor, column: int) -> tuple[Tensor, Tensor]:
+    """Separate a column of class labels from the samples: ``(x without the column, labels)``.
+
+    Args:
+        data: Samples ``(n, d + 1)`` (e.g. from ``load_samples``).
+        column: Index of the label column (negative counts from the end, ``-1`` the last).
+
+    Returns:
+        ``x`` ``(n, d)`` and int64 labels ``(n,)``.
+
+    Raises:
+        ValueError: A column out of range, labels that are not whole numbers >= 0, or no column
+            left for the samples.
+
+    Example:
+        >>> x, y = split_labels(torch.tensor([[0.5, 1.0], [0.25, 0.0]]), -1)
+        >>> x.tolist(), y.tolist()
+        ([[0.5], [0.25]], [1, 0])
+    """
+    d = data.shape[1]
+    if isinstance(column, bool) or not isinstance(column, (int, np.integer)) or not -d <= column < d:
+        raise ValueError(
+            f"label column must be an integer in [{-d}, {d - 1}] for {d} columns, got {column!r}"
+        )
+    if d < 2:
+        raise ValueError(f"the data has {d} column: nothing is left besides the labels")
+    column = int(column) % d
+    values = data[:, column].double()
+    bad = (values != values.round()) | (values < 0)
+    if bool(bad.any()):
+        raise ValueError(
+            f"label column {column} must hold whole numbers >= 0 (class 0, 1, ...), got "
+            f"{float(values[bad][0])!r} in {int(bad.sum())} of {data.shape[0]} rows"
+        )
+    keep = [j for j in range(d) if j != column]
+    return data[:, keep], values.long()

@@ -79,23 +79,52 @@ class GaussianMixture:
         within = torch.einsum("k,kij,klj->il", self.weights, self.scale_trils, self.scale_trils)
         return within + (centred * self.weights[:, None]).T @ centred
 
+    @property
+    def num_components(self) -> int:
+        """Number of components ``k``."""
+        return len(self.weights)
+
     def sample(self, n: int, *, seed: Seed) -> Tensor:
         """``n`` i.i.d. samples, float32 of shape ``(n, d)``."""
+        return self.sample_labelled(n, seed=seed)[0]
+
+    def sample_labelled(self, n: int, *, seed: Seed) -> tuple[Tensor, Tensor]:
+        """``sample`` (the same points for the same seed) with each point's component as its label:
+        ``(x, labels)``, float32 ``(n, d)`` and int64 ``(n,)``."""
         positive_int("n", n)
         rng = _rng(seed)
         idx = rng.choice(len(self.weights), size=n, p=self.weights.numpy())
         eps = torch.from_numpy(rng.standard_normal((n, self.dim)))
         x = self.means[idx] + (self.scale_trils[idx] @ eps.unsqueeze(-1)).squeeze(-1)
-        return x.to(torch.float32)
+        return x.to(torch.float32), torch.from_numpy(idx.astype(np.int64))
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact ``log p(x)`` (computed in float64), shape ``(n,)`` in ``x``'s dtype."""
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """``log N(x; mu_j, S_j)`` for every component ``j`` (float64), shape ``(n, k)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (n, {self.dim}), got {tuple(x.shape)}")
         y = x.detach().to(torch.float64).cpu()
         diff = (y.unsqueeze(1) - self.means).unsqueeze(-1)  # (n, k, d, 1)
         sol = torch.linalg.solve_triangular(self.scale_trils, diff, upper=False).squeeze(-1)
         log_det = torch.log(torch.diagonal(self.scale_trils, dim1=-2, dim2=-1)).sum(-1)
-        comp = -0.5 * sol.square().sum(-1) - log_det - 0.5 * self.dim * math.log(2 * math.pi)
-        log_p = torch.logsumexp(comp + torch.log(self.weights), dim=1)
+        return -0.5 * sol.square().sum(-1) - log_det - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact ``log p(x)`` (computed in float64), shape ``(n,)`` in ``x``'s dtype."""
+        log_p = torch.logsumexp(self.component_log_prob(x) + torch.log(self.weights), dim=1)
         return log_p.to(dtype=x.dtype, device=x.device)
+
+    def conditional_log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Exact ``log p(x | component = labels)``, shape ``(n,)`` in ``x``'s dtype.
+
+        Raises:
+            ValueError: ``labels`` not one component index per row.
+        """
+        if labels.shape != (x.shape[0],) or bool(((labels < 0) | (labels >= self.num_components)).any()):
+            raise ValueError(f"labels must hold one component in [0, {self.num_components}) per row of x")
+        comp = self.component_log_prob(x).gather(1, labels.detach().cpu().long().unsqueeze(1)).squeeze(1)
+        return comp.to(dtype=x.dtype, device=x.device)
+
+    def posterior(self, x: Tensor) -> Tensor:
+        """The components' posterior probabilities ``p(j | x)`` (float64), shape ``(n, k)``: its
+        ``argmax`` is the Bayes-optimal assignment of each point to a component."""
+        return torch.softmax(self.component_log_prob(x) + torch.log(self.weights), dim=1)

@@ -24,7 +24,7 @@ from .toys import (
     two_spirals,
 )
 
-__all__ = ["DATASETS", "Dataset", "get_dataset", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "benchmark_mixture", "get_dataset", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,15 @@ def get_dataset(name: str) -> Dataset:
         return DATASETS[name]
     match = _GMM_NAME.fullmatch(name) if isinstance(name, str) else None
     if match and 2 <= int(match.group(1)) <= 64:
-        gmm = GaussianMixture.random(int(match.group(1)), 8, seed=1000 + int(match.group(1)))
+        gmm = benchmark_mixture(int(match.group(1)))
         return Dataset(name, gmm.dim, gmm.sample, gmm.log_prob)
     choices = sorted(DATASETS) + ["gmm<d> (2 <= d <= 64)"]
     raise ValueError(f"dataset must be one of {choices}, got {name!r}")
+
+
+def benchmark_mixture(dim: int) -> GaussianMixture:
+    """The mixture behind ``gmm<dim>``: ``GaussianMixture.random(dim, 8, seed=1000 + dim)``."""
+    return GaussianMixture.random(dim, 8, seed=1000 + dim)
 
 
 def load_dataset(name: str, n: int, *, seed: Seed) -> Tensor:

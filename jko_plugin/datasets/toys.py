@@ -18,10 +18,12 @@ __all__ = [
     "checkerboard_log_prob",
     "circles",
     "eight_gaussians",
+    "eight_gaussians_labelled",
     "eight_gaussians_log_prob",
     "moons_log_prob",
     "pinwheel",
     "two_moons",
+    "two_moons_labelled",
     "two_spirals",
 ]
 
@@ -54,6 +56,14 @@ def two_moons(n: int, *, seed: Seed, noise: float = 0.1, standardize: bool = Fal
     Returns:
         Tensor of shape ``(n, 2)``.
     """
+    return two_moons_labelled(n, seed=seed, noise=noise, standardize=standardize)[0]
+
+
+def two_moons_labelled(
+    n: int, *, seed: Seed, noise: float = 0.1, standardize: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``two_moons`` (the same points for the same seed) with each point's moon as its label:
+    ``(x, moon)``, shapes ``(n, 2)`` and ``(n,)`` (int64; 0 the outer arc, 1 the inner one)."""
     positive_int("n", n)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
@@ -62,13 +72,19 @@ def two_moons(n: int, *, seed: Seed, noise: float = 0.1, standardize: bool = Fal
     x = _moons_arcs(rng.uniform(0.0, math.pi, size=n), which) + noise * rng.standard_normal((n, 2))
     if standardize:
         x = (x - np.array(MOONS_SHIFT)) / np.array(MOONS_SCALE)
-    return _tensor(x)
+    return _tensor(x), torch.from_numpy(which.astype(np.int64))
 
 
 def moons_log_prob(
-    x: Tensor, *, noise: float = 0.05, standardize: bool = True, panels: int | None = None
+    x: Tensor,
+    *,
+    noise: float = 0.05,
+    standardize: bool = True,
+    panels: int | None = None,
+    moon: Tensor | None = None,
 ) -> Tensor:
-    """Exact log-density of ``two_moons(noise=noise, standardize=standardize)``.
+    """Exact log-density of ``two_moons(noise=noise, standardize=standardize)``; with ``moon`` (one
+    label per row, as ``two_moons_labelled`` gives) the conditional density ``log p(x | moon)``.
 
     ``p(x) = 1/2 sum_moon (1/pi) int_0^pi N(x; c_moon(t), noise^2 I) dt``: the 1-D integral over
     the angle is computed by composite 8-point Gauss-Legendre quadrature on ``panels`` equal
@@ -81,6 +97,8 @@ def moons_log_prob(
         noise: The noise standard deviation of the samples (> 0).
         standardize: Whether ``x`` is in standardised coordinates (adds ``-log(prod MOONS_SCALE)``).
         panels: Number of quadrature panels (default from ``noise``, see above).
+        moon: Labels ``(n,)`` in {0, 1}: score each row under its own moon only,
+            ``p(x | moon) = (1/pi) int_0^pi N(x; c_moon(t), noise^2 I) dt``.
 
     Returns:
         ``log p(x)``, shape ``(n,)``, in ``x``'s dtype.
@@ -100,6 +118,10 @@ def moons_log_prob(
         [_moons_arcs(theta, np.zeros_like(theta)), _moons_arcs(theta, np.ones_like(theta))]
     )
     c = torch.from_numpy(centres)
+    if moon is not None:
+        if moon.shape != (x.shape[0],) or bool(((moon != 0) & (moon != 1)).any()):
+            raise ValueError(f"moon must hold one label in {{0, 1}} per row of x, got {moon!r}")
+        moon = moon.detach().cpu().long()
     log_w = torch.from_numpy(np.concatenate([log_w, log_w]) + math.log(0.5))
     y = x.detach().to(torch.float64).cpu()
     log_jac = 0.0
@@ -109,9 +131,15 @@ def moons_log_prob(
         )
         log_jac = math.log(MOONS_SCALE[0] * MOONS_SCALE[1])
     out = []
-    for chunk in y.split(2048):
-        sq = torch.cdist(chunk, c).square()
-        out.append(torch.logsumexp(log_w - sq / (2 * noise**2), dim=1))
+    for i, chunk in enumerate(y.split(2048)):
+        terms = log_w - torch.cdist(chunk, c).square() / (2 * noise**2)
+        if moon is None:
+            out.append(torch.logsumexp(terms, dim=1))
+            continue
+        # Each moon's half of the nodes; its weights sum to 1/2, so log 2 makes p(x | moon).
+        per_moon = torch.logsumexp(terms.reshape(chunk.shape[0], 2, -1), dim=2) + math.log(2.0)
+        rows = moon[i * 2048 : i * 2048 + chunk.shape[0]]
+        out.append(per_moon.gather(1, rows.unsqueeze(1)).squeeze(1))
     log_p = torch.cat(out) - math.log(2 * math.pi * noise**2) + log_jac
     return log_p.to(dtype=x.dtype, device=x.device)
 
@@ -136,16 +164,30 @@ _EIGHT_STD = 0.5 / 1.414
 
 def eight_gaussians(n: int, *, seed: Seed) -> Tensor:
     """Eight Gaussians of std 0.5/1.414 on the circle of radius 4/1.414 (FFJORD's toy)."""
+    return eight_gaussians_labelled(n, seed=seed)[0]
+
+
+def eight_gaussians_labelled(n: int, *, seed: Seed) -> tuple[Tensor, Tensor]:
+    """``eight_gaussians`` (the same points for the same seed) with each point's Gaussian (0..7,
+    counter-clockwise from angle 0) as its label: ``(x, labels)``, ``(n, 2)`` and int64 ``(n,)``."""
     positive_int("n", n)
     rng = _rng(seed)
     idx = rng.integers(0, 8, size=n)
-    return _tensor(_EIGHT_CENTRES[idx] + _EIGHT_STD * rng.standard_normal((n, 2)))
+    x = _tensor(_EIGHT_CENTRES[idx] + _EIGHT_STD * rng.standard_normal((n, 2)))
+    return x, torch.from_numpy(idx.astype(np.int64))
 
 
-def eight_gaussians_log_prob(x: Tensor) -> Tensor:
-    """Exact log-density of ``eight_gaussians``; ``x`` of shape ``(n, 2)``, returns ``(n,)``."""
+def eight_gaussians_log_prob(x: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Exact log-density of ``eight_gaussians``; ``x`` of shape ``(n, 2)``, returns ``(n,)``. With
+    ``labels`` (one Gaussian per row) the conditional density ``log p(x | label)``."""
     y = x.detach().to(torch.float64).cpu()
     sq = torch.cdist(y, torch.from_numpy(_EIGHT_CENTRES)).square()
+    if labels is not None:
+        if labels.shape != (x.shape[0],) or bool(((labels < 0) | (labels > 7)).any()):
+            raise ValueError(f"labels must hold one Gaussian in [0, 8) per row of x, got {labels!r}")
+        sq = sq.gather(1, labels.detach().cpu().long().unsqueeze(1))
+        log_p = -sq.squeeze(1) / (2 * _EIGHT_STD**2) - math.log(2 * math.pi * _EIGHT_STD**2)
+        return log_p.to(dtype=x.dtype, device=x.device)
     log_p = torch.logsumexp(-sq / (2 * _EIGHT_STD**2), dim=1) - math.log(8 * 2 * math.pi * _EIGHT_STD**2)
     return log_p.to(dtype=x.dtype, device=x.device)
 

@@ -74,7 +74,9 @@ def _model_input(model: torch.nn.Module, x: ArrayLike, batch_size: int) -> list[
 
 
 @torch.no_grad()
-def nll(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> float:
+def nll(
+    model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096, context: Tensor | None = None
+) -> float:
     """Mean negative log-likelihood ``-model.log_prob(x)`` in nats, in batches, without gradients.
 
     Args:
@@ -82,6 +84,9 @@ def nll(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> floa
             (its train/eval mode is left as it is).
         x: Points, shape ``(n, d)``; moved to the model's device and dtype.
         batch_size: Rows per ``log_prob`` call.
+        context: For a conditional model (``log_prob(x, context)``, e.g. an
+            ``nf.ConditionalNormalizingFlow``): one label or context row per row of ``x``; the
+            result is the conditional NLL ``-mean log p(x | c)``.
 
     Returns:
         The mean over the rows, a float.
@@ -90,7 +95,15 @@ def nll(model: torch.nn.Module, x: ArrayLike, *, batch_size: int = 4096) -> floa
         ValueError: Bad points or batch size, or a log-likelihood that is not finite.
     """
     batches = _model_input(model, x, batch_size)
-    total = sum(float(-model.log_prob(xb).sum(dtype=torch.float64)) for xb in batches)
+    if context is None:
+        total = sum(float(-model.log_prob(xb).sum(dtype=torch.float64)) for xb in batches)
+    else:
+        if len(context) != sum(len(xb) for xb in batches):
+            raise ValueError(f"context has {len(context)} rows, x has {sum(len(xb) for xb in batches)}")
+        ref = batches[0]
+        context = context.to(ref.device, ref.dtype) if context.is_floating_point() else context.to(ref.device)
+        parts = zip(batches, context.split(batch_size))
+        total = sum(float(-model.log_prob(xb, cb).sum(dtype=torch.float64)) for xb, cb in parts)
     value = total / sum(len(xb) for xb in batches)
     if not math.isfinite(value):
         raise ValueError(f"the model's log_prob is not finite on x (mean NLL {value})")

@@ -22,6 +22,7 @@ from .._validate import check_batch, check_timestep, choice, positive_int
 from ..schedule import FLOAT32_RTOL, OnStepSchedule, StepSchedule
 from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
+from ..steps.context import flow_context
 from ..steps.layers import build_layer, describe_layer
 from ..steps.map import JKOStep
 from ._grid import BOUNDARY_EPS
@@ -82,6 +83,12 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
     ``velocity_at(x, t)``: an ODE block's velocity, a map step's secant velocity at ``T_k`` (see
     ``JKOScheduler``). At exactly a boundary ``T_j`` with a layer event it returns the displacement
     ``x - L(x)`` of the layers ``L`` there, which the scheduler applies as a jump of -1.
+
+    A conditional flow (its steps built with ``num_classes`` or ``context_dim``, saved in their
+    configs) takes its context as diffusers' conditional models do: ``forward(x, t,
+    class_labels=...)`` for labels (as a class-conditional DiT or UNet), ``forward(x, t,
+    encoder_hidden_states=...)`` for a continuous context ``(batch, context_dim)``; normflows
+    layers between steps are unconditional.
 
     Args:
         dim: Data dimension.
@@ -171,9 +178,36 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
                 step.set_interval(t0, t1)
         self.register_to_config(step_sizes=list(schedule.step_sizes))
 
+    # -- context ---------------------------------------------------------------------------
+    @property
+    def conditioning(self) -> dict:
+        """What the steps are conditioned on: ``{}``, ``{"num_classes": n}`` or ``{"context_dim": k}``."""
+        return flow_context(self.steps)
+
+    def context_from(self, class_labels: object = None, encoder_hidden_states: object = None) -> object:
+        """The one context a call carries: ``class_labels`` for a label-conditional model,
+        ``encoder_hidden_states`` for a continuous context (checked by the steps).
+
+        Raises:
+            ValueError: The keyword that does not fit this model, or both.
+        """
+        kind = self.conditioning
+        if class_labels is not None and "num_classes" not in kind:
+            what = "a continuous context: pass encoder_hidden_states" if kind else "no context"
+            raise ValueError(f"class_labels given, but this model takes {what}")
+        if encoder_hidden_states is not None and "context_dim" not in kind:
+            what = "class labels: pass class_labels" if kind else "no context"
+            raise ValueError(f"encoder_hidden_states given, but this model takes {what}")
+        return class_labels if "num_classes" in kind else encoder_hidden_states
+
     # -- evaluation ------------------------------------------------------------------------
     def forward(
-        self, sample: Tensor, timestep: float | Tensor, return_dict: bool = True
+        self,
+        sample: Tensor,
+        timestep: float | Tensor,
+        class_labels: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        return_dict: bool = True,
     ) -> VelocityOutput | tuple[Tensor]:
         """Velocity ``dx/dt`` at flow time ``timestep``; ``sample`` and velocity of shape ``(batch, dim)``.
 
@@ -182,23 +216,28 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
             timestep: A flow time (number or one-element tensor), or one per row, shape ``(batch,)``
                 (a pipeline passes all-equal rows). Rows at different times each get the velocity
                 of the step (or layer event) at their own time.
+            class_labels: ``(batch,)`` labels for a label-conditional model.
+            encoder_hidden_states: ``(batch, context_dim)`` for a continuously conditioned model.
             return_dict: ``VelocityOutput`` (default) or the tuple ``(velocity,)``.
 
         Raises:
-            ValueError: A bad ``sample`` or ``timestep``, or a map step asked away from its ``T_k``.
+            ValueError: A bad ``sample`` or ``timestep``, a map step asked away from its ``T_k``, or
+                a missing, unexpected or bad context.
         """
         check_batch(sample, self.dim, "sample")
+        context = self.context_from(class_labels, encoder_hidden_states)
         t = check_timestep(timestep, sample.shape[0])
         if isinstance(t, float):
-            v = self._velocity(sample, t)
+            v = self._velocity(sample, t, context)
         else:
             v = sample.new_empty(sample.shape)
             for value in torch.unique(t):
                 rows = t == value
-                v[rows] = self._velocity(sample[rows], float(value))
+                part = context[rows] if isinstance(context, Tensor) else context
+                v[rows] = self._velocity(sample[rows], float(value), part)
         return VelocityOutput(sample=v) if return_dict else (v,)
 
-    def _velocity(self, sample: Tensor, t: float) -> Tensor:
+    def _velocity(self, sample: Tensor, t: float, context: object = None) -> Tensor:
         bounds = self._schedule.boundaries
         for j, layers in self._layers_at().items():
             if abs(t - bounds[j]) <= 0.1 * BOUNDARY_EPS * min(self._schedule.step_sizes):
@@ -207,15 +246,16 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
                     x, _ = layer(x)
                 return sample - x
         k = self._schedule.block_at(t)
-        return self.steps[k - 1].velocity_at(sample, t)
+        return self.steps[k - 1].velocity_at(sample, t, context=context)
 
     @torch.no_grad()
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact ``log p(x)`` (exact divergence, the steps' own solvers), shape ``(batch,)``; no grad."""
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x)`` (exact divergence, the steps' own solvers), shape ``(batch,)``; no grad.
+        A conditional model gives ``log p(x | c)`` for the ``context`` (labels or tensor) of each row."""
         check_batch(x, self.dim)
         log_det = x.new_zeros(x.shape[0])
         for layer in reversed(self.flows):
-            x, ld = layer.inverse(x)
+            x, ld = layer.inverse(x, context=context) if isinstance(layer, ProximalStep) else layer.inverse(x)
             log_det = log_det + ld
         return standard_normal_log_prob(x) + log_det
 
@@ -274,10 +314,12 @@ class JKOFlowModel(OnStepSchedule, ModelMixin, ConfigMixin):
         return model
 
     def to_normflows(self) -> nf.NormalizingFlow:
-        """An ``nf.NormalizingFlow`` over the same modules, base ``DiagGaussian(dim, trainable=False)``."""
+        """An ``nf.NormalizingFlow`` over the same modules, base ``DiagGaussian(dim, trainable=False)``
+        (an ``nf.ConditionalNormalizingFlow`` for a conditional model)."""
         p = next(self.parameters())
         q0 = nf.distributions.DiagGaussian(self.dim, trainable=False).to(device=p.device, dtype=p.dtype)
-        return nf.NormalizingFlow(q0=q0, flows=list(self.flows))
+        cls = nf.ConditionalNormalizingFlow if self.conditioning else nf.NormalizingFlow
+        return cls(q0=q0, flows=list(self.flows))
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod

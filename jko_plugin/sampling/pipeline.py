@@ -21,6 +21,7 @@ from torch import Tensor
 from .._validate import choice, positive_int
 from ..schedule import StepSchedule
 from ..steps.block import JKOBlock
+from ..steps.context import check_flow_context
 from .flowmap import FlowMapModel
 from .flowmap_scheduler import FlowMapScheduler
 from .model import JKOFlowModel
@@ -81,6 +82,11 @@ class JKOFlowPipeline(DiffusionPipeline):
     ``t`` in ``scheduler.timesteps``: ``v = model(x, t)``, ``x = scheduler.step(v, t, x).prev_sample``.
     For a JKO flow this integrates from ``T_N`` (noise) down to 0 (data) and, with the blocks' own
     solver and steps (as ``from_normflows`` sets up), returns ``flow.forward(z)`` up to rounding.
+
+    Conditional models sample the diffusers way: ``pipe(class_labels=[3, 3, 7])`` (one sample per
+    label, or ``class_labels=3, batch_size=n``) calls ``model(x, t, class_labels=...)``, and
+    ``pipe(context=c)`` with ``c`` of shape ``(batch, context_dim)`` calls
+    ``model(x, t, encoder_hidden_states=c)``; ``JKOFlowModel`` and ``FlowMatchingModel`` take both.
 
     Args:
         model: A ``JKOFlowModel``, or any diffusers ``ModelMixin`` whose ``forward(sample, timestep)``
@@ -198,8 +204,8 @@ class JKOFlowPipeline(DiffusionPipeline):
         kwargs.setdefault("low_cpu_mem_usage", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    def _velocity(self, sample: Tensor, t: Tensor) -> Tensor:
-        out = self.model(sample, t)
+    def _velocity(self, sample: Tensor, t: Tensor, condition: dict | None = None) -> Tensor:
+        out = self.model(sample, t, **(condition or {}))
         if isinstance(out, tuple):
             out = out[0]
         return out.sample if hasattr(out, "sample") else out
@@ -219,11 +225,14 @@ class JKOFlowPipeline(DiffusionPipeline):
         latents: Tensor | None = None,
         output_type: str = "pt",
         return_dict: bool = True,
+        class_labels: int | Sequence[int] | Tensor | None = None,
+        context: Tensor | None = None,
     ) -> JKOFlowPipelineOutput | tuple:
         """Draw samples.
 
         Args:
-            batch_size: Number of samples (default 1, or ``latents.shape[0]``).
+            batch_size: Number of samples (default 1, ``latents.shape[0]``, or one per label or
+                context row).
             num_inference_steps: Solver steps (a ``FlowMapScheduler``'s jumps). ``None``: the
                 ``JKOScheduler``'s or ``FlowMapScheduler``'s default grid (required for others).
             generator: Makes the latents reproducible.
@@ -231,15 +240,20 @@ class JKOFlowPipeline(DiffusionPipeline):
                 device and dtype) instead of drawing them.
             output_type: ``"pt"`` (tensor, default) or ``"np"`` (numpy array).
             return_dict: Return ``JKOFlowPipelineOutput`` (default) or the tuple ``(samples,)``.
+            class_labels: For a class-conditional model: one label per sample (a list or an
+                integer tensor), or one label for all ``batch_size`` samples (an int).
+            context: For a model with a continuous context: ``(batch, context_dim)``.
 
         Returns:
             ``JKOFlowPipelineOutput`` with ``samples`` of shape ``(batch, dim)``.
 
         Raises:
-            ValueError: An unknown ``output_type``, latents of the wrong shape or count, or a
-                missing ``num_inference_steps`` for a non-JKO scheduler.
+            ValueError: An unknown ``output_type``, latents of the wrong shape or count, a
+                missing ``num_inference_steps`` for a non-JKO scheduler, or a context that is
+                missing for a conditional model, not taken by the model, or of the wrong count.
         """
         choice("output_type", output_type, OUTPUT_TYPES)
+        batch_size, condition = self._condition(batch_size, class_labels, context, latents)
         if num_inference_steps is None and not isinstance(self.scheduler, (JKOScheduler, FlowMapScheduler)):
             raise ValueError(f"num_inference_steps is required with {type(self.scheduler).__name__}")
         device, dtype = self._execution_device, self.model.dtype
@@ -264,8 +278,10 @@ class JKOFlowPipeline(DiffusionPipeline):
             else {}
         )
         scale = getattr(self.scheduler, "scale_model_input", None)  # flow-matching schedulers have none
+        if condition:
+            condition = {k: v.to(device) for k, v in condition.items()}
         for t in self.progress_bar(self.scheduler.timesteps):
-            v = self._velocity(x if scale is None else scale(x, t), t)
+            v = self._velocity(x if scale is None else scale(x, t), t, condition)
             x = self.scheduler.step(v, t, x, **extra).prev_sample
         self.maybe_free_model_hooks()
         samples = x.cpu().numpy() if output_type == "np" else x
@@ -273,8 +289,49 @@ class JKOFlowPipeline(DiffusionPipeline):
             return (samples,)
         return JKOFlowPipelineOutput(samples=samples)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density ``log p(x)`` of the JKO flow, shape ``(batch,)`` (see ``JKOFlowModel.log_prob``).
+    def _condition(
+        self, batch_size: int | None, class_labels: object, context: object, latents: Tensor | None
+    ) -> tuple[int | None, dict]:
+        """``batch_size`` and the model keywords (``class_labels`` / ``encoder_hidden_states``)."""
+        if class_labels is not None and context is not None:
+            raise ValueError("give class_labels or context, not both")
+        if class_labels is None and context is None:
+            kind = self.model.conditioning if isinstance(self.model, JKOFlowModel) else {}
+            if kind:
+                what = "class_labels" if "num_classes" in kind else "context"
+                raise ValueError(f"this model is conditional ({kind}): pass {what}")
+            return batch_size, {}
+        if class_labels is not None:
+            if isinstance(class_labels, int) and not isinstance(class_labels, bool):
+                n = 1 if batch_size is None else positive_int("batch_size", batch_size)
+                n = n if latents is None else latents.shape[0]
+                class_labels = [class_labels] * n
+            labels = torch.as_tensor(class_labels)
+            if labels.dim() != 1:
+                raise ValueError(
+                    f"class_labels must be an int or one label per sample, got shape {tuple(labels.shape)}"
+                )
+            key, value = "class_labels", labels
+        else:
+            if not isinstance(context, Tensor) or context.dim() != 2:
+                got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+                raise ValueError(f"context must be a tensor of shape (batch, context_dim), got {got}")
+            key, value = "encoder_hidden_states", context.to(self.model.dtype)
+        if batch_size is not None and batch_size != value.shape[0]:
+            raise ValueError(
+                f"batch_size={batch_size} but {value.shape[0]} {key.replace('_', ' ')} rows were given"
+            )
+        if isinstance(self.model, JKOFlowModel):  # check labels and shapes once, before sampling
+            self.model.context_from(**{key: value})
+            flow_steps = self.model.steps
+            check_flow_context(flow_steps, value, value.shape[0], name=key)
+        return value.shape[0], {key: value}
+
+    def log_prob(
+        self, x: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:
+        """Exact log-density ``log p(x)`` of the JKO flow, shape ``(batch,)`` (see ``JKOFlowModel.log_prob``);
+        ``log p(x | c)`` with ``class_labels`` or ``context`` for a conditional model.
 
         Raises:
             TypeError: The model is not a ``JKOFlowModel`` (a generic velocity model has no likelihood here).
@@ -282,4 +339,5 @@ class JKOFlowPipeline(DiffusionPipeline):
         if not isinstance(self.model, JKOFlowModel):
             raise TypeError(f"log_prob needs a JKOFlowModel, got {type(self.model).__name__}")
         p = next(self.model.parameters())
-        return self.model.log_prob(x.to(device=p.device, dtype=p.dtype))
+        given = self.model.context_from(class_labels, None if context is None else context.to(p.dtype))
+        return self.model.log_prob(x.to(device=p.device, dtype=p.dtype), context=given)

@@ -10,6 +10,7 @@ from normflows.flows import Flow
 from torch import Tensor
 
 from .._validate import positive_int
+from .context import ContextEncoder
 
 __all__ = ["BLOCK_TYPES", "ProximalStep", "Transport"]
 
@@ -51,24 +52,47 @@ class ProximalStep(Flow):
     - ``kind``: the registry name it was built as (``STEP_KINDS``), ``block_type``: ``"ode"`` or
       ``"map"`` (see ``BLOCK_TYPES``), and ``nfe``: network evaluations per sample, latent -> data.
 
+    Context: a conditional step (built with ``context_dim`` or ``num_classes``) is one proximal
+    step per value of the context ``c``,
+    ``rho_k(. | c) = argmin KL(rho || q) + W2^2(rho, rho_{k-1}(. | c)) / (2 h_k)``. Every method
+    above then takes ``context=`` (class labels ``(batch,)`` or a tensor ``(batch, context_dim)``,
+    one row per point), as normflows' ``ConditionalNormalizingFlow`` passes it to every layer;
+    ``context_encoder`` (a ``ContextEncoder``) checks it and turns it into features, and its
+    settings are part of ``config()``. Without context a step is unconditional and refuses one;
+    a conditional step called without one raises ``ValueError``.
+
     Args:
         dim: Data dimension ``d``.
         kind: Registry name of the step kind.
+        context_dim, num_classes, embed_dim: The step's context (see ``ContextEncoder``); none
+            for an unconditional step.
     """
 
     block_type: ClassVar[str] = "map"
 
-    def __init__(self, dim: int, kind: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kind: str,
+        *,
+        context_dim: int | None = None,
+        num_classes: int | None = None,
+        embed_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.dim = positive_int("dim", dim)
         self.kind = kind
+        # Unconditional: a module without parameters, so the state_dict is that of before context.
+        self.context_encoder = ContextEncoder(
+            context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim
+        )
 
     # -- to be provided by each kind ---------------------------------------------------------
-    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+    def transport(self, x: Tensor, *, log_det: bool = True, context: Tensor | None = None) -> Transport:
         """Data -> latent pass with the per-sample terms of the JKO loss."""
         raise NotImplementedError
 
-    def velocity_at(self, x: Tensor, t: float) -> Tensor:
+    def velocity_at(self, x: Tensor, t: float, context: Tensor | None = None) -> Tensor:
         """The velocity ``dx/dt`` a sampler integrates at flow time ``t`` inside the step's interval."""
         raise NotImplementedError
 
@@ -91,6 +115,21 @@ class ProximalStep(Flow):
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """Whether the step takes a context."""
+        return self.context_encoder.conditional
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of class labels of a label-conditional step, else ``None``."""
+        return self.context_encoder.num_classes
+
+    @property
+    def context_dim(self) -> int | None:
+        """Features of a continuous context, else ``None``."""
+        return self.context_encoder.context_dim
+
     @classmethod
     def from_config(cls, config: dict) -> ProximalStep:
         """A fresh step (new weights) from ``config()``'s output."""
@@ -103,10 +142,10 @@ class ProximalStep(Flow):
         return t1 - t0
 
     @torch.no_grad()
-    def inversion_error(self, x: Tensor) -> float:
+    def inversion_error(self, x: Tensor, context: Tensor | None = None) -> float:
         """Mean Euclidean distance ``|forward(inverse(x)) - x|`` over the batch."""
-        z, _ = self.inverse(x)
-        x_back, _ = self.forward(z)
+        z, _ = self.inverse(x, context=context)
+        x_back, _ = self.forward(z, context=context)
         return float((x_back - x).norm(dim=-1).mean())
 
 

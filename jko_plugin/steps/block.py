@@ -57,7 +57,16 @@ class JKOBlock(ProximalStep):
             ``velocity(x, s)`` with ``x`` of shape ``(batch, d)`` and ``s`` the block's normalised
             time in [0, 1], shape ``(batch,)``, returning ``(batch, d)``. Its divergence comes from
             ``torch.func`` (``func_divergence``); ``hidden``, ``activation`` and ``time_dependent``
-            are unused. Such a block has no ``config()``: save it with its own module's code.
+            are unused. Such a block has no ``config()``: save it with its own module's code. A
+            conditional block calls it ``velocity(x, s, c)`` with ``c`` the encoded context
+            ``(batch, features)``.
+        context_dim: Make the block conditional on a continuous context ``(batch, context_dim)``:
+            the velocity is ``f(x, s, c)`` (one JKO step per value of ``c``); every call then takes
+            ``context=``.
+        num_classes: Make the block conditional on class labels ``(batch,)`` in
+            ``[0, num_classes)``, seen through a learned embedding of ``embed_dim`` features
+            (``ContextEncoder``).
+        embed_dim: Width of that embedding (default ``min(num_classes, 16)``).
 
     References:
         Xu, Cheng, Xie, "Normalizing flow neural networks by JKO scheme", NeurIPS 2023.
@@ -86,8 +95,12 @@ class JKOBlock(ProximalStep):
         density: str = "ode",
         newton_steps: int = 2,
         velocity: nn.Module | None = None,
+        context_dim: int | None = None,
+        num_classes: int | None = None,
+        embed_dim: int | None = None,
     ) -> None:
-        super().__init__(dim, "ode")
+        super().__init__(dim, "ode", context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
+        features = self.context_encoder.features
         choice("solver", solver, SOLVERS)
         choice("trace", trace, TRACE_ESTIMATORS)
         choice("density", density, DENSITIES)
@@ -95,12 +108,19 @@ class JKOBlock(ProximalStep):
         positive_int("num_probes", num_probes)
         positive_int("newton_steps", newton_steps, minimum=0)
         if velocity is None:
-            velocity = VelocityMLP(dim, hidden, activation=activation, time_dependent=time_dependent)
+            velocity = VelocityMLP(
+                dim, hidden, activation=activation, time_dependent=time_dependent, context_dim=features
+            )
         elif not isinstance(velocity, nn.Module):
             raise ValueError(f"velocity must be an nn.Module f(x, t), got {type(velocity).__name__}")
         elif isinstance(velocity, VelocityMLP):
             if velocity.dim != dim:
                 raise ValueError(f"velocity has dim {velocity.dim}, the block has dim {dim}")
+            if velocity.context_dim != features:
+                raise ValueError(
+                    f"velocity has context_dim {velocity.context_dim}, the block's context has "
+                    f"{features} features"
+                )
             # Describe the given MLP itself, so that config() rebuilds it.
             hidden = [layer.out_features for layer in velocity.layers[:-1]]
             activation = next(k for k, a in ACTIVATIONS.items() if a is velocity.act)
@@ -152,6 +172,7 @@ class JKOBlock(ProximalStep):
             "interval": [float(t) for t in self.interval],
             "density": self.density,
             "newton_steps": self.newton_steps,
+            **self.context_encoder.config(),
         }
 
     def set_interval(self, t0: float, t1: float) -> None:
@@ -179,25 +200,36 @@ class JKOBlock(ProximalStep):
         passes = self.newton_steps + 2 if self.exact_map else 1
         return passes * self.steps * len(SOLVERS[self.solver].b)
 
-    def velocity_at(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def velocity_at(self, x: Tensor, t: float | Tensor, context: Tensor | None = None) -> Tensor:
         """``dx/dt`` at the flow time ``t`` (inside ``[t0, t1]``); ``x`` of shape ``(batch, d)``."""
         t0, t1 = self.time_interval
         s = (t - t0) / (t1 - t0)
         if not isinstance(s, Tensor):
             # A sampler's boundary stages sit a hair outside [t0, t1] (float32 intervals, BOUNDARY_EPS).
             s = min(max(s, 0.0), 1.0)
-        return self._field(x, s, trace=False)[0] / (t1 - t0)
+        c = self.context_encoder(context, x)
+        return self._field(x, s, trace=False, context=c)[0] / (t1 - t0)
 
     def _field(
-        self, x: Tensor, s: float | Tensor, *, trace: bool, probes: Tensor | None = None
+        self,
+        x: Tensor,
+        s: float | Tensor,
+        *,
+        trace: bool,
+        probes: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Velocity in normalised time and its divergence (``None`` when ``trace=False``; exact
-        unless ``probes`` are given): the MLP's tangents in its own pass, ``torch.func`` otherwise."""
+        unless ``probes`` are given): the MLP's tangents in its own pass, ``torch.func`` otherwise.
+        ``context``: the encoded context ``(batch, features)`` of a conditional block."""
         net = self.velocity
         if isinstance(net, VelocityMLP):
-            return net.forward_with_trace(x, s, probes) if trace else (net(x, s), None)
+            if trace:
+                return net.forward_with_trace(x, s, probes, context)
+            return net(x, s, context), None
         t = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        v, div = func_divergence(net, x, t, probes) if trace else (net(x, t), None)
+        extra = () if context is None else (context,)
+        v, div = func_divergence(net, x, t, probes, context) if trace else (net(x, t, *extra), None)
         if v.shape != x.shape:
             raise ValueError(
                 f"the velocity network returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}"
@@ -213,7 +245,7 @@ class JKOBlock(ProximalStep):
 
     # -- integration -----------------------------------------------------------------------
     def _integrate(
-        self, x: Tensor, reverse: bool, kinetic: bool, trace: bool = True
+        self, x: Tensor, reverse: bool, kinetic: bool, trace: bool = True, context: Tensor | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         probes = None
         if trace and not self._use_exact_trace():
@@ -225,7 +257,7 @@ class JKOBlock(ProximalStep):
         # Integrate in normalised time s in [0, 1]: dx/ds = f(x, s); |f|^2 dt = |f|^2 ds (with the
         # rescaled f), so the kinetic energy in flow time is the s-integral divided by (t1 - t0).
         def func(xs: Tensor, s: float) -> tuple[Tensor, tuple[Tensor, ...]]:
-            v, div = self._field(xs, s, trace=trace, probes=probes)
+            v, div = self._field(xs, s, trace=trace, probes=probes, context=context)
             rates = () if div is None else (div,)
             return v, (*rates, v.square().sum(-1)) if kinetic else rates
 
@@ -236,26 +268,29 @@ class JKOBlock(ProximalStep):
             integrals[-1] = integrals[-1] * scale
         return z, integrals
 
-    def _jacobian_field(self, x: Tensor, s: float) -> tuple[Tensor, Tensor]:
+    def _jacobian_field(self, x: Tensor, s: float, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Velocity in normalised time and its Jacobian ``(batch, d, d)``."""
         net = self.velocity
         if isinstance(net, VelocityMLP):
-            return net.forward_with_jacobian(x, s)
+            return net.forward_with_jacobian(x, s, context)
         t = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        extra = () if context is None else (context,)
 
-        def one(xi: Tensor, ti: Tensor) -> tuple[Tensor, Tensor]:
-            out = net(xi.unsqueeze(0), ti.unsqueeze(0)).squeeze(0)
+        def one(xi: Tensor, ti: Tensor, *ci: Tensor) -> tuple[Tensor, Tensor]:
+            out = net(xi.unsqueeze(0), ti.unsqueeze(0), *(c.unsqueeze(0) for c in ci)).squeeze(0)
             return out, out
 
-        jac, v = torch.func.vmap(torch.func.jacfwd(one, has_aux=True))(x, t)
+        jac, v = torch.func.vmap(torch.func.jacfwd(one, has_aux=True))(x, t, *extra)
         return v, jac
 
-    def _solver_map(self, x: Tensor, kinetic: bool) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    def _solver_map(
+        self, x: Tensor, kinetic: bool, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
         """The data -> latent solver map ``T``: ``(T(x), log|det dT/dx|, [kinetic energy], dT/dx)``."""
         t0, t1 = self.time_interval
 
         def func(xs: Tensor, s: float) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-            v, jac = self._jacobian_field(xs, s)
+            v, jac = self._jacobian_field(xs, s, context)
             return v, jac, (v.square().sum(-1),) if kinetic else ()
 
         z, jac, integrals = integrate_jacobian(
@@ -265,52 +300,61 @@ class JKOBlock(ProximalStep):
             integrals[0] = integrals[0] / (t1 - t0)
         return z, torch.linalg.slogdet(jac).logabsdet, integrals, jac
 
-    def _invert_map(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _invert_map(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``T^{-1}(z)`` and ``log|det dT^{-1}/dz|``: the reverse-time solve, then up to
         ``newton_steps`` Newton steps on ``T(x) = z`` with ``T``'s exact Jacobian, stopping once the
         residual is at rounding level; the last pass also gives the log-det at the returned point."""
         tableau = SOLVERS[self.solver]
         x, _ = integrate(
-            lambda xs, s: (self._field(xs, s, trace=False)[0], ()), z, 1.0, 0.0, self.steps, tableau, 0
+            lambda xs, s: (self._field(xs, s, trace=False, context=context)[0], ()),
+            z,
+            1.0,
+            0.0,
+            self.steps,
+            tableau,
+            0,
         )
         tol = 100 * torch.finfo(z.dtype).eps * max(1.0, float(z.detach().abs().max()))
         for k in range(self.newton_steps + 1):
-            y, log_det, _, jac = self._solver_map(x, kinetic=False)
+            y, log_det, _, jac = self._solver_map(x, kinetic=False, context=context)
             residual = y - z
             if k == self.newton_steps or float(residual.detach().abs().max()) <= tol:
                 break
             x = x - torch.linalg.solve(jac, residual.unsqueeze(-1)).squeeze(-1)
         return x, -log_det
 
-    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+    def transport(self, x: Tensor, *, log_det: bool = True, context: Tensor | None = None) -> Transport:
         """Data -> latent pass with the per-sample terms of the JKO loss, in one integration.
 
         ``log_det=False`` skips the divergence (``Transport.log_det`` is ``None``): the points,
         displacement and kinetic energy then cost one velocity pass per stage instead of ``d + 1``
         for the exact trace."""
         check_batch(x, self.dim)
+        c = self.context_encoder(context, x)
         if log_det and self.exact_map:
-            z, ld, (kinetic,), _ = self._solver_map(x, kinetic=True)
+            z, ld, (kinetic,), _ = self._solver_map(x, kinetic=True, context=c)
             return Transport(z, ld, (z - x).square().sum(-1), kinetic)
-        z, integrals = self._integrate(x, reverse=False, kinetic=True, trace=log_det)
+        z, integrals = self._integrate(x, reverse=False, kinetic=True, trace=log_det, context=c)
         return Transport(z, integrals[0] if log_det else None, (z - x).square().sum(-1), integrals[-1])
 
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``, shapes ``(batch, d)`` and ``(batch,)``."""
         check_batch(x, self.dim)
+        c = self.context_encoder(context, x)
         if self.exact_map:
-            z, log_det, _, _ = self._solver_map(x, kinetic=False)
+            z, log_det, _, _ = self._solver_map(x, kinetic=False, context=c)
             return z, log_det
-        z, (log_det,) = self._integrate(x, reverse=False, kinetic=False)
+        z, (log_det,) = self._integrate(x, reverse=False, kinetic=False, context=c)
         return z, log_det
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)`` by reverse-time integration (with an exact map:
         then refined to ``inverse``'s exact inverse by Newton steps)."""
         check_batch(z, self.dim, "z")
+        c = self.context_encoder(context, z)
         if self.exact_map:
-            return self._invert_map(z)
-        x, (log_det,) = self._integrate(z, reverse=True, kinetic=False)
+            return self._invert_map(z, c)
+        x, (log_det,) = self._integrate(z, reverse=True, kinetic=False, context=c)
         return x, log_det
 
     def extra_repr(self) -> str:

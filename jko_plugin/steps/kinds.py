@@ -13,6 +13,7 @@ from normflows.flows import Flow
 from .._validate import choice, positive_int
 from .base import ProximalStep
 from .block import JKOBlock
+from .context import context_settings
 from .layers import build_layer
 from .map import JKOStep
 
@@ -46,9 +47,14 @@ def make_spline_step(
     bins: int = 8,
     tail_bound: float = 5.0,
     res_blocks: int = 2,
+    context_dim: int | None = None,
+    num_classes: int | None = None,
+    embed_dim: int | None = None,
 ) -> JKOStep:
     """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
-    with coordinate reversals between them.
+    with coordinate reversals between them. With ``context_dim`` or ``num_classes`` the splines'
+    conditioners see the context (their ``num_context_channels``; labels through the step's
+    embedding, ``ContextEncoder``).
 
     The step is the identity at initialisation: each spline starts as the identity and the
     reversals come in pairs. A proximal step must start where it is cheapest (no movement); a
@@ -58,6 +64,7 @@ def make_spline_step(
     6
     """
     positive_int("layers", layers)
+    context = context_settings(context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
     specs: list[dict] = []
     for i in range(layers):
         specs.append(
@@ -69,12 +76,13 @@ def make_spline_step(
                     "num_hidden_channels": hidden,
                     "num_bins": bins,
                     "tail_bound": tail_bound,
+                    **_context_channels(context),
                 },
             }
         )
         if i < layers - 1 or layers % 2 == 0:
             specs.append(_reversal(dim))
-    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="spline")
+    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="spline", **context)
 
 
 def make_coupling_step(
@@ -85,11 +93,14 @@ def make_coupling_step(
     bins: int = 8,
     tail_bound: float = 5.0,
     res_blocks: int = 2,
+    context_dim: int | None = None,
+    num_classes: int | None = None,
+    embed_dim: int | None = None,
 ) -> JKOStep:
     """One JKO step of ``layers`` identity-initialised coupling RQ-spline layers
     (``IdentityInitCoupledRQSpline``) with alternating masks, so every coordinate is transformed
     once in two layers; one network pass per layer in both directions (sampling in d = 64 costs
-    2 passes per step, not 2 x 64).
+    2 passes per step, not 2 x 64). Context as in ``make_spline_step``.
 
     >>> step = make_coupling_step(4)
     >>> step.nfe, step.kind
@@ -97,6 +108,7 @@ def make_coupling_step(
     """
     positive_int("layers", layers)
     positive_int("dim", dim, minimum=2)
+    context = context_settings(context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
     specs = [
         {
             "class": "IdentityInitCoupledRQSpline",
@@ -107,11 +119,18 @@ def make_coupling_step(
                 "num_bins": bins,
                 "tail_bound": tail_bound,
                 "reverse_mask": bool(i % 2),
+                **_context_channels(context),
             },
         }
         for i in range(layers)
     ]
-    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling")
+    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling", **context)
+
+
+def _context_channels(context: dict) -> dict:
+    # Unconditional layers keep the description they always had (no num_context_channels key).
+    features = context.get("context_dim") or context.get("embed_dim")
+    return {"num_context_channels": features} if features else {}
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,10 @@ def make_flow(
 ) -> nf.NormalizingFlow:
     """A ``nf.NormalizingFlow`` of ``num_blocks`` JKO steps on ``N(0, I)``, ready for ``JKOTrainer``.
 
+    With a context option (``context_dim`` or ``num_classes``, and ``embed_dim``) every step is
+    conditional and the flow is a ``nf.ConditionalNormalizingFlow`` (``log_prob(x, context)``,
+    ``sample(n, context)``).
+
     Args:
         dim: Data dimension.
         num_blocks: Number of JKO steps.
@@ -197,12 +220,16 @@ def make_flow(
         schedule: Where to place the steps (a ``StepSchedule``, ``JKOScheduler`` or step sizes);
             default the geometric ``StepSchedule`` (the trainer re-places them on its own).
         **options: Options of the kind's builder (``JKOBlock``: ``hidden``, ``steps``, ``solver``,
-            ...; ``make_spline_step``: ``layers``, ``hidden``, ``bins``, ...).
+            ...; ``make_spline_step``: ``layers``, ``hidden``, ``bins``, ...), and the context
+            options every kind takes.
 
     Example:
         >>> flow = make_flow(2, 3, block="ode", hidden=(16,), steps=1)
         >>> [f.time_interval for f in jko_steps(flow)][0]
         (0.0, 0.5)
+        >>> labelled = make_flow(2, 2, block="spline", hidden=8, num_classes=3)
+        >>> labelled.log_prob(torch.randn(4, 2), torch.tensor([0, 1, 2, 2])).shape
+        torch.Size([4])
     """
     from ..schedule import StepSchedule
 
@@ -215,7 +242,8 @@ def make_flow(
     sched = StepSchedule.geometric(num_blocks) if schedule is None else StepSchedule.coerce(schedule)
     sched.place(steps)
     # normflows order: flows[0] next to the latent, so the first step trained (data side) goes last.
-    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), steps[::-1])
+    cls = nf.ConditionalNormalizingFlow if steps[0].conditional else nf.NormalizingFlow
+    return cls(nf.distributions.DiagGaussian(dim, trainable=False), steps[::-1])
 
 
 def jko_steps(flow: nf.NormalizingFlow | Flow) -> list[ProximalStep]:

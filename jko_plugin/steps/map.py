@@ -2,6 +2,7 @@ r"""Any group of normflows layers as one JKO proximal step: ``JKOStep``."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 from normflows.flows import Flow
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from .._validate import check_batch
 from .base import ProximalStep, Transport, check_interval
-from .layers import build_layer, describe_layer, layer_nfe
+from .layers import LAYER_TYPES, build_layer, describe_layer, layer_nfe
 
 __all__ = ["JKOStep"]
 
@@ -28,10 +29,17 @@ class JKOStep(ProximalStep):
     Layer order follows ``nf.NormalizingFlow``: ``flows[0]`` is nearest the latent, so
     ``forward`` applies the layers in order and ``inverse`` in reverse order.
 
+    A conditional step (``context_dim`` or ``num_classes``) passes its encoded context to every
+    layer that takes one (``context=``, as ``nf.ConditionalNormalizingFlow`` does): normflows'
+    spline layers see it through their own ``num_context_channels``, which must equal the
+    context's features (``context_dim``, or ``embed_dim`` for labels, whose embedding the step
+    holds).
+
     Args:
         flows: The normflows layers of the step (at least one).
         dim: Data dimension, checked on every call.
         kind: Registry name of the step kind (``"map"`` for a hand-made group of layers).
+        context_dim, num_classes, embed_dim: The step's context (``ContextEncoder``).
 
     Example:
         >>> import normflows as nf
@@ -43,11 +51,28 @@ class JKOStep(ProximalStep):
 
     block_type = "map"
 
-    def __init__(self, flows: Iterable[Flow], *, dim: int, kind: str = "map") -> None:
-        super().__init__(dim, kind)
+    def __init__(
+        self,
+        flows: Iterable[Flow],
+        *,
+        dim: int,
+        kind: str = "map",
+        context_dim: int | None = None,
+        num_classes: int | None = None,
+        embed_dim: int | None = None,
+    ) -> None:
+        super().__init__(dim, kind, context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
         self.flows = nn.ModuleList(flows)
         if len(self.flows) == 0:
             raise ValueError("JKOStep needs at least one normflows layer, got none")
+        features = self.context_encoder.features or None
+        for i, layer in enumerate(self.flows):
+            channels = _context_channels(layer)
+            if channels is not False and channels != features:
+                raise ValueError(
+                    f"layer {i} ({type(layer).__name__}) has num_context_channels={channels}, the step's "
+                    f"context has {features} features: build the layers with num_context_channels={features}"
+                )
         self._interval = (0.0, 1.0)
 
     # -- the contract ----------------------------------------------------------------------
@@ -57,7 +82,8 @@ class JKOStep(ProximalStep):
         Raises:
             ValueError: A layer that ``describe_layer`` cannot describe.
         """
-        return {"dim": self.dim, "kind": self.kind, "layers": [describe_layer(f) for f in self.flows]}
+        layers = [describe_layer(f) for f in self.flows]
+        return {"dim": self.dim, "kind": self.kind, "layers": layers, **self.context_encoder.config()}
 
     @classmethod
     def from_config(cls, config: dict) -> JKOStep:
@@ -65,7 +91,13 @@ class JKOStep(ProximalStep):
         layers = config.get("layers")
         if not isinstance(layers, list) or not layers:
             raise ValueError(f"a JKOStep config needs a non-empty 'layers' list, got {config!r}")
-        return cls([build_layer(spec) for spec in layers], dim=config["dim"], kind=config.get("kind", "map"))
+        context = {k: config[k] for k in ("context_dim", "num_classes", "embed_dim") if k in config}
+        return cls(
+            [build_layer(spec) for spec in layers],
+            dim=config["dim"],
+            kind=config.get("kind", "map"),
+            **context,
+        )
 
     @property
     def nfe(self) -> int:
@@ -81,7 +113,7 @@ class JKOStep(ProximalStep):
         """Place the step on ``[t0, t1]`` of the flow's time axis (``t1 > t0``)."""
         self._interval = check_interval(t0, t1)
 
-    def velocity_at(self, x: Tensor, t: float) -> Tensor:
+    def velocity_at(self, x: Tensor, t: float, context: Tensor | None = None) -> Tensor:
         """The secant velocity ``(x - F(x)) / h`` of the map ``F`` (= ``forward``), defined at the
         step's latent-side end ``t1`` only: one Euler jump of ``-h`` from there lands on ``F(x)``.
 
@@ -95,31 +127,51 @@ class JKOStep(ProximalStep):
                 f"this JKOStep is a discrete map: its velocity is defined at t = {t1} only "
                 f"(one jump, as JKOScheduler steps it), got t = {float(t)}"
             )
-        y, _ = self.forward(x)
+        y, _ = self.forward(x, context=context)
         return (x - y) / h
 
     # -- the map -----------------------------------------------------------------------------
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)``."""
         check_batch(z, self.dim, "z")
+        c = self.context_encoder(context, z)
         log_det = z.new_zeros(z.shape[0])
         for flow in self.flows:
-            z, ld = flow(z)
+            z, ld = flow(z, context=c) if c is not None and _takes_context(flow) else flow(z)
             log_det = log_det + ld
         return z, log_det
 
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``."""
         check_batch(x, self.dim)
+        c = self.context_encoder(context, x)
         log_det = x.new_zeros(x.shape[0])
         for flow in reversed(self.flows):
-            x, ld = flow.inverse(x)
+            x, ld = flow.inverse(x, context=c) if c is not None and _takes_context(flow) else flow.inverse(x)
             log_det = log_det + ld
         return x, log_det
 
-    def transport(self, x: Tensor, *, log_det: bool = True) -> Transport:
+    def transport(self, x: Tensor, *, log_det: bool = True, context: Tensor | None = None) -> Transport:
         """Data -> latent pass with the per-sample JKO loss terms (no kinetic energy). The
         log-determinant comes with the pass at no extra cost, so ``log_det`` is accepted and
         ignored."""
-        z, ld = self.inverse(x)
+        z, ld = self.inverse(x, context=context)
         return Transport(z, ld, (z - x).square().sum(-1), None)
+
+
+def _takes_context(layer: Flow) -> bool:
+    """Whether ``layer.forward`` accepts ``context=`` (normflows' spline and permutation layers do)."""
+    return "context" in inspect.signature(layer.forward).parameters
+
+
+def _context_channels(layer: Flow) -> int | None | bool:
+    """The ``num_context_channels`` a describable normflows layer was built with (``None``: none),
+    or ``False`` for a layer without such a setting."""
+    entry = LAYER_TYPES.get(type(layer).__name__)
+    if entry is None or type(layer) is not entry.cls:
+        return False
+    try:
+        kwargs = entry.describe(layer)  # read from the layer itself, not from a recorded spec
+    except ValueError:
+        return False
+    return kwargs["num_context_channels"] if "num_context_channels" in kwargs else False

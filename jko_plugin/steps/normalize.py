@@ -81,14 +81,15 @@ class Standardize(Flow):
         """``sum(log scale)``: ``log|det dx/dz|`` of the map, the same for every point."""
         return float(torch.log(self.scale.double()).sum())
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Flow units -> data units: ``(loc + scale * z, sum(log scale))``."""
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Flow units -> data units: ``(loc + scale * z, sum(log scale))``; ``context`` (passed by
+        ``nf.ConditionalNormalizingFlow`` to every layer) is ignored: the map is the same for all."""
         check_batch(z, self.dim, "z")
         log_det = z.new_full((z.shape[0],), math.fsum(torch.log(self.scale.double()).tolist()))
         return self.loc + self.scale * z, log_det
 
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Data units -> flow units: ``((x - loc) / scale, -sum(log scale))``."""
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data units -> flow units: ``((x - loc) / scale, -sum(log scale))`` (``context`` ignored)."""
         check_batch(x, self.dim)
         log_det = x.new_full((x.shape[0],), -math.fsum(torch.log(self.scale.double()).tolist()))
         return (x - self.loc) / self.scale, log_det

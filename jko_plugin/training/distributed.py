@@ -235,7 +235,7 @@ def shard(x: Tensor, ctx: DistributedContext) -> Tensor:
 
 
 class LossTerms(nn.Module):
-    """``forward(batch)`` gives the three JKO loss terms of ``step`` as a tensor of shape ``(3,)``.
+    """``forward(batch, context=None)``: the three JKO loss terms of ``step``, a tensor of shape ``(3,)``.
 
     ``JKOBlock.transport`` returns a ``Transport``, not a module output DDP can track; this small
     module computes the loss terms inside ``forward`` so that ``DistributedDataParallel`` can wrap it.
@@ -248,8 +248,8 @@ class LossTerms(nn.Module):
         self.step = step
         self._terms = terms
 
-    def forward(self, batch: Tensor) -> Tensor:
-        return torch.stack(self._terms(self.step, self.step.transport(batch)))
+    def forward(self, batch: Tensor, context: Tensor | None = None) -> Tensor:
+        return torch.stack(self._terms(self.step, self.step.transport(batch, context=context)))
 
 
 def wrap_ddp(module: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:

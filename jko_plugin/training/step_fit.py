@@ -21,6 +21,10 @@ class StepFitter:
     """Fits one JKO step ``T`` on ``E[|T(x)|^2/2 - log|det dT(x)| + |T(x) - x|^2 / (2 h)]`` and
     measures it; ``JKOTrainer`` calls it once per block.
 
+    A conditional step gets each point's context with it (``context=``: labels ``(n,)`` or a
+    tensor ``(n, m)``, row for row with the data): batches are drawn with their contexts, and the
+    data are pushed and measured with them.
+
     Args:
         options: The trainer's options (optimizer, learning rate, batch, chunk and eval sizes, ...).
         ctx: This process's place in a distributed run.
@@ -38,14 +42,30 @@ class StepFitter:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
         return (optimizer, sched), params
 
-    def loss(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Tensor:
-        return _total(self.terms(step, ddp, batch, h))
+    def loss(
+        self,
+        step: ProximalStep,
+        ddp: nn.Module | None,
+        batch: Tensor,
+        h: float,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        return _total(self.terms(step, ddp, batch, h, context))
 
-    def terms(self, step: ProximalStep, ddp: nn.Module | None, batch: Tensor, h: float) -> Sequence[Tensor]:
-        """The three loss terms on ``batch`` (see ``loss_terms``), through DDP when it wraps the step."""
+    def terms(
+        self,
+        step: ProximalStep,
+        ddp: nn.Module | None,
+        batch: Tensor,
+        h: float,
+        context: Tensor | None = None,
+    ) -> Sequence[Tensor]:
+        """The three loss terms on ``batch`` (see ``loss_terms``), through DDP when it wraps the step
+        (``context``: the batch's rows' contexts, for a conditional step)."""
         if ddp is None:
-            return self.loss_terms(step, step.transport(batch), h)
-        return self.ctx.guard("DDP forward", lambda: ddp(batch))
+            return self.loss_terms(step, step.transport(batch, context=context), h)
+        given = {} if context is None else {"context": context}
+        return self.ctx.guard("DDP forward", lambda: ddp(batch, **given))
 
     def update(self, loss: Tensor, ddp: nn.Module | None, optimizer: tuple, params: list) -> None:
         opt, sched = optimizer
@@ -69,9 +89,11 @@ class StepFitter:
         iterations: int,
         num_blocks: int,
         on_step: Callable[[StepEvent], None] | None = None,
+        context: Tensor | None = None,
     ) -> None:
         """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``;
-        ``on_step`` gets a ``StepEvent`` after every iteration."""
+        ``on_step`` gets a ``StepEvent`` after every iteration (``context``: the rows' contexts, for
+        a conditional step)."""
         opts, ctx = self.options, self.ctx
         optimizer, params = self.optimizer(step, iterations)
         # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
@@ -97,9 +119,10 @@ class StepFitter:
             for it in bar:
                 if pos + batch_size > n:
                     order, pos = torch.randperm(n, generator=gen), 0
-                batch = data[order[pos : pos + batch_size].to(data.device)]
+                rows = order[pos : pos + batch_size].to(data.device)
+                batch = data[rows]
                 pos += batch_size
-                terms = self.terms(step, ddp, batch, h)
+                terms = self.terms(step, ddp, batch, h, None if context is None else context[rows])
                 loss = _total(terms)
                 # Decided over all ranks before any backward, so that every rank stops at the same iteration.
                 if not ctx.all_true(bool(torch.isfinite(loss))):
@@ -127,16 +150,28 @@ class StepFitter:
         return potential, neg_log_det, cost.mean() / (2 * h)
 
     @torch.no_grad()
-    def push(self, layer: nn.Module, data: Tensor) -> tuple[Tensor, Tensor]:
-        """``layer.inverse`` (data -> latent) over ``data`` in chunks: points and log-determinants."""
+    def push(self, layer: nn.Module, data: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``layer.inverse`` (data -> latent) over ``data`` in chunks: points and log-determinants;
+        with a ``context``, each chunk's goes with it (as ``nf.ConditionalNormalizingFlow`` passes it)."""
         layer.eval()
-        outs = [layer.inverse(chunk) for chunk in data.split(self.options.chunk_size)]
+        outs = [
+            layer.inverse(chunk) if c is None else layer.inverse(chunk, context=c)
+            for chunk, c in zip(
+                data.split(self.options.chunk_size), _chunks(context, data, self.options.chunk_size)
+            )
+        ]
         # e.g. ActNorm returns a scalar log-determinant
         return torch.cat([z for z, _ in outs]), torch.cat([ld.expand(z.shape[0]) for z, ld in outs])
 
     @torch.no_grad()
     def diagnose(
-        self, step: ProximalStep, data: Tensor, val: Tensor, h: float
+        self,
+        step: ProximalStep,
+        data: Tensor,
+        val: Tensor,
+        h: float,
+        context: Tensor | None = None,
+        context_val: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
         """A trained step's pass over the data: ``(T(data), sums of its loss terms, T(val),
         log-dets on val, inversion error on val)``.
@@ -147,10 +182,13 @@ class StepFitter:
         (float64, summable over ranks) are those of ``|T(x)|^2/2``, ``-log|det|``, the transport
         term, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count."""
         step.eval()
-        inv_err = step.inversion_error(val[: self.options.eval_size])
+        eval_size = self.options.eval_size
+        inv_err = step.inversion_error(val[:eval_size], context=_head(context_val, eval_size))
         zs, sums, full_log_det = [], torch.zeros(5, dtype=torch.float64), True
-        for chunk in data.split(self.options.chunk_size):
-            out = step.transport(chunk, log_det=False)
+        for chunk, c in zip(
+            data.split(self.options.chunk_size), _chunks(context, data, self.options.chunk_size)
+        ):
+            out = step.transport(chunk, log_det=False, context=c)
             potential, _, transport = self.loss_terms(step, out, h)
             full_log_det = full_log_det and out.log_det is not None
             sums += torch.tensor(
@@ -165,13 +203,22 @@ class StepFitter:
             )
             zs.append(out.z)
         if not full_log_det:
-            _, ld = step.inverse(data[: self.options.eval_size])
+            _, ld = step.inverse(data[:eval_size], context=_head(context, eval_size))
             sums[1] = -ld.double().mean() * data.shape[0]
         sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
-        val_z, val_ld = self.push(step, val)
+        val_z, val_ld = self.push(step, val, context_val)
         return torch.cat(zs), sums, val_z, val_ld, inv_err
 
 
 def _total(terms: Sequence[Tensor]) -> Tensor:
     # DDP's module returns the terms stacked, (3,); one process, a tuple of three scalars.
     return terms.sum() if isinstance(terms, Tensor) else sum(terms)
+
+
+def _chunks(context: Tensor | None, data: Tensor, size: int) -> list[Tensor | None]:
+    """``context`` split as ``data.split(size)`` splits the data (``None`` for each chunk without one)."""
+    return [None] * len(data.split(size)) if context is None else list(context.split(size))
+
+
+def _head(context: Tensor | None, n: int) -> Tensor | None:
+    return None if context is None else context[:n]

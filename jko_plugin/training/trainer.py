@@ -19,11 +19,12 @@ from .._validate import as_points
 from ..schedule import StepSchedule
 from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
+from ..steps.context import check_flow_context
 from ..steps.kinds import fresh_like, jko_steps
 from .budget import FixedIterations, IterationCosts, IterationPlan
 from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
 from .distributed import DistributedContext, setup, shard
-from .history import BlockRecord, StepEvent, TrainingHistory, knn_entropy
+from .history import BlockRecord, StepEvent, TrainingHistory, conditional_knn_entropy, knn_entropy
 from .options import MODEL_OPTIONS, TrainerOptions
 from .step_fit import StepFitter
 from .surgery import append_step, drop_steps_after, grow_to, renew_steps
@@ -102,6 +103,8 @@ class JKOTrainer:
         x: Tensor | np.ndarray,
         x_val: Tensor | np.ndarray | None = None,
         *,
+        context: Tensor | np.ndarray | None = None,
+        context_val: Tensor | np.ndarray | None = None,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
         overwrite: bool = False,
@@ -117,9 +120,19 @@ class JKOTrainer:
         per-block figures are reduced over all ranks, so every rank returns the same history and
         ends with the same weights. Only rank 0 writes checkpoints, logs and progress bars.
 
+        A conditional flow (steps built with ``num_classes`` or ``context_dim``) trains one
+        proximal step per context value, ``rho_k(. | c)``: every point comes with its context
+        (``context``, row for row; under torchrun sharded with the same rows), batches are drawn
+        with their contexts and the data are pushed through each trained step with them. The
+        per-block NLL is then conditional, ``-log p(x | c)``, and the KL estimate is
+        ``E_c KL(rho_k(. | c) || q)`` (``TrainingHistory``).
+
         Args:
             x: Training data ``(n, d)``, tensor or array.
             x_val: Held-out data for the diagnostics; default: ``eval_size`` training points.
+            context: For a conditional flow: class labels ``(n,)`` (integers) or a context
+                ``(n, context_dim)``, one row per row of ``x``.
+            context_val: The contexts of ``x_val`` (required with ``x_val`` for a conditional flow).
             checkpoint_dir: Save weights and history there after every block (atomically).
             resume: Continue from the checkpoint in ``checkpoint_dir`` at the first untrained step.
             overwrite: Allow a fresh run to replace an existing checkpoint.
@@ -130,7 +143,8 @@ class JKOTrainer:
                 loss terms on this rank's batch, learning rate), on every rank: e.g. a tracker.
 
         Raises:
-            ValueError: Bad data (NaN/inf rows, wrong dimension, fewer points than a batch).
+            ValueError: Bad data (NaN/inf rows, wrong dimension, fewer points than a batch), a
+                missing or bad context for a conditional flow, a context for an unconditional one.
             CheckpointError: A missing, corrupt or foreign checkpoint.
             FileExistsError: ``checkpoint_dir`` holds a checkpoint, and neither ``resume`` nor
                 ``overwrite`` is set.
@@ -144,7 +158,7 @@ class JKOTrainer:
         ctx = self.distributed = setup(backend=opts.backend, device=device, timeout=opts.dist_timeout)
         if ctx.backend == "nccl" and opts.device is None:
             device = ctx.comm_device
-        x, x_val = self._data(x, x_val)
+        x, x_val, context, context_val = self._data(x, x_val, context, context_val)
         if opts.adapt and checkpoint_dir is not None:
             raise ValueError("adapt cannot be combined with checkpoint_dir: each round retrains every block")
         if opts.adapt and not all(isinstance(f, JKOBlock) for f in jko_steps(self.flow)):
@@ -166,12 +180,14 @@ class JKOTrainer:
                     "the flow differs between ranks (layers or shapes); build the same model on every rank"
                 )
             ctx.broadcast_module(self.flow)
-        self.history.data_entropy = ctx.broadcast_object(knn_entropy(x_val) if ctx.is_main else None)
+        entropy = knn_entropy if context_val is None else lambda v: conditional_knn_entropy(v, context_val)
+        self.history.data_entropy = ctx.broadcast_object(entropy(x_val) if ctx.is_main else None)
         x, x_val = shard(x, ctx).to(device), shard(x_val, ctx).to(device)
-        self._run(x, x_val, done, checkpoint_dir, callback, plan, on_step)
+        contexts = [None if c is None else shard(c, ctx).to(device) for c in (context, context_val)]
+        self._run(x, x_val, done, checkpoint_dir, callback, plan, on_step, *contexts)
         for adaptation in opts.adapt:
             self._adapt(adaptation)
-            self._run(x, x_val, 0, None, callback, plan, on_step)
+            self._run(x, x_val, 0, None, callback, plan, on_step, *contexts)
         self.flow.eval()
         if opts.progress and ctx.is_main:
             tqdm.write(self.history.summary())
@@ -179,14 +195,22 @@ class JKOTrainer:
 
     @torch.no_grad()
     def estimate_costs(
-        self, x: Tensor | np.ndarray, x_val: Tensor | np.ndarray | None = None
+        self,
+        x: Tensor | np.ndarray,
+        x_val: Tensor | np.ndarray | None = None,
+        *,
+        context: Tensor | np.ndarray | None = None,
+        context_val: Tensor | np.ndarray | None = None,
     ) -> IterationCosts:
         """Time this trainer's own work on a throwaway copy of the first step (the flow is untouched):
         a few training iterations, one block's data pass and diagnostics, and the fit's entropy
-        estimate. For planning a wall-clock budget (``training.budget.TimeBudget``)."""
-        x, x_val = self._data(x, x_val)
+        estimate. For planning a wall-clock budget (``training.budget.TimeBudget``); ``context``
+        and ``context_val`` as in ``fit``."""
+        x, x_val, c, c_val = self._data(x, x_val, context, context_val)
         device = next(self.flow.parameters()).device
         x, x_val = x.to(device), x_val.to(device)
+        c, c_val = (None if t is None else t.to(device) for t in (c, c_val))
+        batch = self.options.batch_size
         step = fresh_like(jko_steps(self.flow)[0], seed=self.options.seed)
         step.set_interval(*self.schedule.intervals[0])
         h = self.schedule.step_sizes[0]
@@ -197,22 +221,25 @@ class JKOTrainer:
             step.train()
             for _ in range(8):
                 start = time.perf_counter()
-                loss = fitter.loss(step, None, x[: self.options.batch_size], h)
+                loss = fitter.loss(step, None, x[:batch], h, None if c is None else c[:batch])
                 fitter.update(loss, None, optimizer, params)
                 times.append(time.perf_counter() - start)
         per_iteration = sorted(times[2:])[len(times[2:]) // 2]  # median after two warm-up iterations
         start = time.perf_counter()
-        self._fitter().diagnose(step, x, x_val, h)
+        self._fitter().diagnose(step, x, x_val, h, c, c_val)
         per_block = time.perf_counter() - start
         start = time.perf_counter()
-        knn_entropy(x_val)
+        knn_entropy(x_val) if c_val is None else conditional_knn_entropy(x_val, c_val)
         return IterationCosts(per_iteration, per_block, time.perf_counter() - start)
 
     # -- the block loop ------------------------------------------------------------------------
-    def _data(self, x: object, x_val: object) -> tuple[Tensor, Tensor]:
+    def _data(
+        self, x: object, x_val: object, context: object = None, context_val: object = None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         opts, world = self.options, self.distributed.world_size
         dtype = next(self.flow.parameters()).dtype
         x = as_points(x, "x", dim=self.dim, dtype=dtype)
+        context = self._context(context, x.shape[0], "context", dtype)
         if x.shape[0] < opts.batch_size:
             raise ValueError(f"x has {x.shape[0]} points, fewer than batch_size={opts.batch_size}")
         if opts.batch_size % world:
@@ -221,15 +248,25 @@ class JKOTrainer:
                 f"number of processes, {world}"
             )
         if x_val is None:
+            if context_val is not None:
+                raise ValueError("context_val was given without x_val")
             gen = torch.Generator().manual_seed(opts.seed)
-            x_val = x[torch.randperm(x.shape[0], generator=gen)[: opts.eval_size]]
+            rows = torch.randperm(x.shape[0], generator=gen)[: opts.eval_size]
+            x_val, context_val = x[rows], None if context is None else context[rows]
             self.history.options["eval_on"] = "training subset"
         else:
-            x_val = as_points(x_val, "x_val", dim=self.dim, dtype=dtype)[: opts.eval_size]
+            x_val = as_points(x_val, "x_val", dim=self.dim, dtype=dtype)
+            context_val = self._context(context_val, x_val.shape[0], "context_val", dtype)
+            x_val = x_val[: opts.eval_size]
+            context_val = None if context_val is None else context_val[: opts.eval_size]
             self.history.options["eval_on"] = "held-out"
         if x_val.shape[0] < world:
             raise ValueError(f"x_val has {x_val.shape[0]} points, fewer than the {world} processes")
-        return x, x_val
+        return x, x_val, context, context_val
+
+    def _context(self, context: object, n: int, name: str, dtype: torch.dtype) -> Tensor | None:
+        c = check_flow_context(jko_steps(self.flow), context, n, name=name)
+        return c if c is None or not c.is_floating_point() else c.to(dtype)
 
     def _run(
         self,
@@ -240,16 +277,22 @@ class JKOTrainer:
         callback: Callable | None,
         plan: IterationPlan,
         on_step: Callable | None = None,
+        context: Tensor | None = None,
+        context_val: Tensor | None = None,
     ) -> None:
         opts, ctx = self.options, self.distributed
+        # Unconditional flows call the fitter exactly as before contexts existed.
+        given = {} if context is None else {"context": context}
+        given_val = {} if context_val is None else {"context": context_val}
+        both = {} if context is None else {"context": context, "context_val": context_val}
         val_log_det = val.new_zeros(val.shape[0])
         k, i = 0, 0
         while i < len(self.flow.flows):
             layer = self.flow.flows[len(self.flow.flows) - 1 - i]  # data side first
             i += 1
             if not isinstance(layer, ProximalStep):
-                data, _ = self._fitter().push(layer, data)
-                val, ld = self._fitter().push(layer, val)
+                data, _ = self._fitter().push(layer, data, **given)
+                val, ld = self._fitter().push(layer, val, **given_val)
                 val_log_det = val_log_det + ld
                 continue
             k += 1
@@ -260,8 +303,10 @@ class JKOTrainer:
                 if opts.warm_start and k > 1:
                     _warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
-                self._fitter().train(layer, data, h, k, iterations, self.schedule.num_blocks, on_step)
-            data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h)
+                self._fitter().train(
+                    layer, data, h, k, iterations, self.schedule.num_blocks, on_step, **given
+                )
+            data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, **both)
             val_log_det = val_log_det + ld
             if k > done:
                 nlls = -self.flow.q0.log_prob(val) - val_log_det

@@ -1,0 +1,183 @@
+r"""The methods that take class labels: JKO flows with conditional steps, and conditional flow matching."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .._ops import solver_nfe
+from ..steps.layers import flow_nfe
+from ..training.budget import FixedIterations, TimeBudget
+from ..workflows import build_flow, make_trainer, ode_density
+from .methods import BATCH_SIZE, FM_NLL_STEPS, FM_SAMPLE_SOLVER, FM_SAMPLE_STEPS, METHODS, PEER_LR, Budget
+
+__all__ = [
+    "CONDITIONAL_METHODS",
+    "DEFAULT_CONDITIONAL_METHODS",
+    "ConditionalFlowMatching",
+    "ConditionalJKO",
+    "ConditionalMethod",
+    "ConditionalModel",
+]
+
+
+@dataclass
+class ConditionalModel:
+    """A trained conditional method, ready to be scored.
+
+    Attributes:
+        module: The model (its trainable parameters are counted).
+        sample: ``(labels (n,), generator) -> (n, d)``: one sample per label.
+        log_prob: ``(x (n, d), labels (n,)) -> (n,)``: ``log p(x | label)``.
+        nfe: Network evaluations per sample.
+        train_seconds, train_steps: What training took.
+        details: Method-specific figures.
+    """
+
+    module: nn.Module
+    sample: Callable[[Tensor, torch.Generator], Tensor]
+    log_prob: Callable[[Tensor, Tensor], Tensor]
+    nfe: int
+    train_seconds: float
+    train_steps: int
+    details: dict = field(default_factory=dict)
+
+
+class ConditionalMethod:
+    """A method that takes class labels: ``train(x, labels, x_val, labels_val, num_classes, budget, seed)``
+    returns a ``ConditionalModel``."""
+
+    name: str = ""
+    summary: str = ""
+
+    def train(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        x_val: Tensor,
+        labels_val: Tensor,
+        num_classes: int,
+        budget: Budget,
+        seed: int,
+    ) -> ConditionalModel:
+        """Train on ``(x, labels)`` within ``budget`` (the held-out pairs for diagnostics only)."""
+        raise NotImplementedError
+
+
+class ConditionalJKO(ConditionalMethod):
+    """The unconditional method ``METHODS[name]``'s JKO flow (same run settings), every step
+    conditional on the label (``num_classes``), trained by ``JKOTrainer.fit(x, context=labels)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.summary = name, METHODS[name].summary + ", class-conditional"
+
+    def train(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        x_val: Tensor,
+        labels_val: Tensor,
+        num_classes: int,
+        budget: Budget,
+        seed: int,
+    ) -> ConditionalModel:
+        config = METHODS[self.name].config(x.shape[1], seed)
+        config = dataclasses.replace(config, num_classes=num_classes)
+        start = time.perf_counter()
+        flow = build_flow(config, x.shape[1])
+        trainer = make_trainer(config, flow, x.shape[0], progress=False)
+        contexts = {"context": labels, "context_val": labels_val}
+        if budget.steps is not None:
+            plan = FixedIterations(max(1, budget.steps // config.num_blocks))
+        else:
+            plan = TimeBudget(
+                budget.seconds, trainer.estimate_costs(x, x_val, **contexts), config.num_blocks, start=start
+            )
+        history = trainer.fit(x, x_val, plan=plan, **contexts)
+        seconds = time.perf_counter() - start
+        q0 = flow.q0
+
+        def sample(c: Tensor, gen: torch.Generator) -> Tensor:
+            eps = torch.randn((len(c), *q0.shape), generator=gen, dtype=q0.loc.dtype, device=q0.loc.device)
+            with ode_density(flow):
+                return flow.forward(eps, context=c)
+
+        def log_prob(xb: Tensor, c: Tensor) -> Tensor:
+            with ode_density(flow):
+                return flow.log_prob(xb, c)
+
+        with ode_density(flow):
+            nfe = flow_nfe(flow)
+        iterations = [b.iterations for b in history.blocks]
+        details = {
+            "num_blocks": config.num_blocks,
+            "iterations_per_block": iterations,
+            "block_nll": [b.nll for b in history.blocks],
+            "block_kl_estimate": [b.kl_estimate for b in history.blocks],
+        }
+        return ConditionalModel(flow, sample, log_prob, nfe, seconds, sum(iterations), details)
+
+
+class ConditionalFlowMatching(ConditionalMethod):
+    """Flow matching (linear path, independent coupling) with a label-conditional velocity
+    ``v(x, sigma, c)`` (``FlowMatchingModel(num_classes=...)``), sampled with 12 RK4 steps."""
+
+    name, summary = "cfm", "flow matching, linear path, class-conditional velocity"
+
+    def train(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        x_val: Tensor,
+        labels_val: Tensor,
+        num_classes: int,
+        budget: Budget,
+        seed: int,
+    ) -> ConditionalModel:
+        from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FlowMatchingModel(x.shape[1], num_classes=num_classes)
+        history = fit_flow_matching(
+            model,
+            x,
+            steps=budget.steps,
+            budget_seconds=budget.seconds,
+            batch_size=min(BATCH_SIZE, x.shape[0]),
+            lr=PEER_LR,
+            seed=seed,
+            context=labels,
+        )
+        return ConditionalModel(
+            model,
+            lambda c, gen: model.sample(
+                len(c), steps=FM_SAMPLE_STEPS, solver=FM_SAMPLE_SOLVER, generator=gen, context=c
+            ),
+            lambda xb, c: model.log_prob(xb, steps=FM_NLL_STEPS, solver="rk4", context=c),
+            solver_nfe(FM_SAMPLE_STEPS, FM_SAMPLE_SOLVER),
+            history.seconds,
+            history.steps,
+            {
+                "sample_solver": f"{FM_SAMPLE_STEPS} x {FM_SAMPLE_SOLVER}",
+                "nll_solver": f"{FM_NLL_STEPS} x rk4",
+            },
+        )
+
+
+#: The methods that take a context, by the name of their unconditional row in ``METHODS``.
+CONDITIONAL_METHODS: dict[str, ConditionalMethod] = {
+    m.name: m
+    for m in (
+        ConditionalJKO("jko"),
+        ConditionalJKO("jko-spline"),
+        ConditionalJKO("jko-coupling"),
+        ConditionalFlowMatching(),
+    )
+}
+DEFAULT_CONDITIONAL_METHODS = "jko,jko-spline,cfm"
