@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,9 +44,6 @@ __all__ = [
 
 #: RK4 steps per ODE block (at least) when ``evaluate`` scores the test NLL.
 NLL_SOLVER_STEPS = 8
-#: A W2 whose Sinkhorn solve stopped early is reported as off when it differs from the exact
-#: empirical W2 (POT's ``ot.emd2``) by more than this share.
-W2_CHECK_RTOL = 0.01
 #: Fallbacks of the settings a step kind does not tune (``StepKind.run_defaults``).
 _RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3}
 
@@ -239,7 +235,7 @@ def evaluate(
     A conditional flow is given the held-out contexts ``context_test``: the NLL is then
     ``-log p(x | c)``, and the ``n`` samples are drawn for the contexts of the first ``n`` held-out
     points (so they compare with those points)."""
-    from .metrics import nll
+    from .metrics import checked_wasserstein2, nll
 
     flow.eval()
     p = next(flow.parameters())
@@ -252,8 +248,8 @@ def evaluate(
         samples, _ = flow.sample(n) if context_test is None else flow.sample(n, context_test[:n])
     with ode_density(flow):
         test_nll = nll(flow, x_test, context=context_test)
-    w2, note = _checked_w2(samples, x_test[:n], "W2 to held-out")
-    floor, floor_note = _checked_w2(x_ref[:n], x_test[:n], "the data-vs-data floor")
+    w2, note = checked_wasserstein2(samples, x_test[:n], "W2 to held-out")
+    floor, floor_note = checked_wasserstein2(x_ref[:n], x_test[:n], "the data-vs-data floor")
     return {
         "test_nll": test_nll,
         "w2": w2,
@@ -262,36 +258,6 @@ def evaluate(
         "warnings": [m for m in (note, floor_note) if m],
         "samples": samples,
     }
-
-
-def _checked_w2(x: Tensor, y: Tensor, label: str) -> tuple[float, str | None]:
-    """W2 by Sinkhorn and, only if the solver stopped early and the figure is actually off (by more
-    than ``W2_CHECK_RTOL`` from the exact W2), a line that qualifies it; the solver's own warning
-    is not passed on, since the line says what it means for the figure shown."""
-    from .metrics import wasserstein2
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        w2 = wasserstein2(x, y)
-    stopped = [w for w in caught if "Sinkhorn stopped" in str(w.message)]
-    for w in caught:
-        if w not in stopped:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if not stopped:
-        return w2, None
-    import ot
-
-    a = x.new_full((x.shape[0],), 1.0 / x.shape[0]).double().cpu()
-    b = y.new_full((y.shape[0],), 1.0 / y.shape[0]).double().cpu()
-    cost = torch.cdist(x.double().cpu(), y.double().cpu()).square()
-    exact = float(ot.emd2(a, b, cost, numItermax=10_000_000)) ** 0.5
-    off = abs(w2 - exact) / max(exact, 1e-12)
-    if off <= W2_CHECK_RTOL:
-        return w2, None
-    return w2, (
-        f"{label} {w2:.4f} is approximate: the Sinkhorn solver stopped before converging, and the "
-        f"exact W2 of these points is {exact:.4f} ({off:.1%} off)"
-    )
 
 
 @torch.no_grad()

@@ -234,3 +234,24 @@ def test_cli_seeds_and_no_standardize(tmp_path, capsys):
         main(["compare", "--dataset", "moons", "--seeds", "0,x", "--steps", "2", "--out", str(tmp_path)]) == 2
     )
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_an_unconverged_w2_is_one_note_in_the_record_not_the_solvers_warning(monkeypatch):
+    import warnings
+
+    import jko_plugin.metrics.wasserstein as w
+
+    exact = w.wasserstein2
+
+    def stopped_early(x, y, **kwargs):  # a solver that gave up 10% above the true value
+        warnings.warn("Sinkhorn stopped after 2000 iterations", RuntimeWarning, stacklevel=2)
+        return 1.1 * exact(x, y, **kwargs)
+
+    monkeypatch.setattr(w, "wasserstein2", stopped_early)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (rec,) = compare("moons", "cfm", steps=2, **TINY)
+    assert not [m for m in caught if "Sinkhorn stopped" in str(m.message)]
+    assert len(rec["warnings"]) == 2  # the method's W2 and the floor, each with the exact figure
+    assert rec["warnings"][0].startswith("cfm's W2") and "exact W2 of these points" in rec["warnings"][0]
+    assert rec["warnings"][1].startswith("the data-vs-data W2 floor")

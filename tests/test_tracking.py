@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from jko_plugin import JKOTrainer
+from jko_plugin.metrics import checked_wasserstein2
 from jko_plugin.plotting import plot_training
 from jko_plugin.steps.kinds import make_flow
 from jko_plugin.training.history import BlockRecord, TrainingHistory
 from jko_plugin.training.tracking import BLOCK_SCALARS, TensorBoardLogger
-from jko_plugin.workflows import _checked_w2
 
 from .flowcheck import moons
 
@@ -85,13 +85,13 @@ def test_training_figure_has_the_loss_terms_and_the_decay_on_a_log_scale(tmp_pat
 
 def test_w2_warning_is_passed_on_only_when_the_figure_is_actually_off(monkeypatch):
     x, y = moons(300, seed=0), moons(300, seed=1)
-    exact_ok, note = _checked_w2(x, y, "W2")
+    exact_ok, note = checked_wasserstein2(x, y, "W2")
     assert note is None
     # A solver that stops early and reports a figure 5% too low: the line says so, once.
-    monkeypatch.setattr("jko_plugin.metrics.wasserstein2", lambda a, b: _early(exact_ok * 0.95))
+    monkeypatch.setattr("jko_plugin.metrics.wasserstein.wasserstein2", lambda a, b: _early(exact_ok * 0.95))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the solver's own warning must not escape
-        w2, note = _checked_w2(x, y, "W2 to held-out")
+        w2, note = checked_wasserstein2(x, y, "W2 to held-out")
     assert w2 == pytest.approx(exact_ok * 0.95)
     assert note.startswith(f"W2 to held-out {w2:.4f} is approximate") and "off)" in note
     # Stopped early but within 1% of the exact W2: nothing to tell.
@@ -102,8 +102,8 @@ def test_w2_warning_is_passed_on_only_when_the_figure_is_actually_off(monkeypatc
         float(ot.emd2(torch.full((300,), 1 / 300.0).double(), torch.full((300,), 1 / 300.0).double(), cost))
         ** 0.5
     )
-    monkeypatch.setattr("jko_plugin.metrics.wasserstein2", lambda a, b: _early(exact * 1.004))
-    assert _checked_w2(x, y, "W2")[1] is None
+    monkeypatch.setattr("jko_plugin.metrics.wasserstein.wasserstein2", lambda a, b: _early(exact * 1.004))
+    assert checked_wasserstein2(x, y, "W2")[1] is None
 
 
 def _early(value):

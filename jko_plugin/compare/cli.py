@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         if extras:
             raise ValueError(f"the conditional comparison takes one --seed and no {', '.join(extras)}")
-        if resolve_device(args.device).type != "cpu":
-            raise ValueError("the conditional comparison runs on cpu: pass --device cpu")
+        if args.device is not None and resolve_device(args.device).type != "cpu":
+            raise ValueError(f"the conditional comparison runs on the cpu only, got --device {args.device}")
         methods = DEFAULT_CONDITIONAL_METHODS if args.methods == DEFAULT_METHODS else args.methods
         for key in ("maf_root", "distill", "regularity_columns", "device"):
             del options[key]

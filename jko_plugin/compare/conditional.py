@@ -21,7 +21,6 @@ column), each with the same budget, and scores them on the same held-out pairs:
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from .conditional_methods import (
     ConditionalModel,
 )
 from .methods import Budget
-from .runner import format_table
+from .runner import format_table, spent_words, write_report
 
 __all__ = ["CONDITIONAL_COLUMNS", "compare_conditional"]
 
@@ -260,14 +259,10 @@ def compare_conditional(
     if verbose:
         print(table)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        spent = f"{budget_seconds:g} s" if budget_seconds is not None else f"{steps} gradient steps"
         header = (
             f"{label} (d = {dim}, {num_classes} classes), conditional, {x_train.shape[0]} train / "
-            f"{x_test.shape[0]} held-out points, budget {spent} per method, seed {seed}"
-            + ("" if true_nll is None else f"; true conditional test NLL {true_nll:.3f}")
+            f"{x_test.shape[0]} held-out points, budget {spent_words(budget_seconds, steps)} per method, "
+            f"seed {seed}" + ("" if true_nll is None else f"; true conditional test NLL {true_nll:.3f}")
         )
-        (out / "table.md").write_text(header + "\n\n" + table + "\n")
-        (out / "results.json").write_text(json.dumps(records, indent=1))
+        write_report(out, header, table, records)
     return records

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..datasets.files import check_columns
-from ..metrics import mmd, nll, wasserstein2
+from ..metrics import checked_wasserstein2, mmd, nll, wasserstein2
 from ..plotting import can_plot, plot_lipschitz, scatter_panels
 from ..steps.normalize import Standardize
 from ..training.distributed import resolve_device
@@ -188,6 +188,21 @@ def format_table(records: Sequence[dict], columns: Sequence[tuple[str, str, str]
     return "\n".join(lines)
 
 
+def spent_words(budget_seconds: float | None, steps: int | None) -> str:
+    """A comparison's budget in words, for table headers."""
+    return f"{budget_seconds:g} s" if budget_seconds is not None else f"{steps} gradient steps"
+
+
+def write_report(out: str | Path, header: str, table: str, results: object) -> Path:
+    """``out/table.md`` (``header``, then the table) and ``out/results.json`` (``results``, e.g. the
+    records); returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(header + "\n\n" + table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return out
+
+
 def compare(
     dataset: str | Path,
     methods: str | Sequence[str] = DEFAULT_METHODS,
@@ -270,7 +285,7 @@ def compare(
         raise ValueError(f"compare needs data of dimension >= 2 (coupling flows), got d = {dim}")
     n = min(w2_points, x_test.shape[0], x_train.shape[0], num_samples)
     ref = x_test[:n]
-    floor = wasserstein2(x_train[:n], ref)
+    floor, floor_note = checked_wasserstein2(x_train[:n], ref, "the data-vs-data W2 floor")
     true_nll = (
         float(-ds.log_prob(x_test).double().mean()) if ds is not None and ds.log_prob is not None else None
     )
@@ -306,6 +321,13 @@ def compare(
             errors.append(f"test_nll: {err}")
         if scored.shape[0] < n:
             errors.append(f"only {scored.shape[0]} of {n} scored samples are finite: no W2 / MMD")
+        w2, w2_note = (
+            checked_wasserstein2(scored, ref, f"{method}'s W2") if scored.shape[0] == n else (None, None)
+        )
+        notes = [m for m in (w2_note, floor_note if not records else None) if m]
+        if verbose:
+            for m in notes:
+                print(f"warning: {m}", flush=True)
         known = test_nll is not None and true_nll is not None
         record = {
             "method": method,
@@ -315,7 +337,7 @@ def compare(
             "true_nll": true_nll,
             "nll_gap": test_nll - true_nll if known else None,
             "nll_gap_per_dim": (test_nll - true_nll) / dim if known else None,
-            "w2": wasserstein2(scored, ref) if scored.shape[0] == n else None,
+            "w2": w2,
             "w2_floor": floor,
             "w2_points": n,
             "mmd": mmd(scored, ref) if scored.shape[0] == n else None,
@@ -328,6 +350,7 @@ def compare(
             "nonfinite_samples": int((~finite).sum()),
             **_fast_sampler(result, num_samples, n, ref, seed),
             "errors": errors,
+            "warnings": notes,
             "budget_seconds": budget_seconds,
             "budget_steps": steps,
             "seed": seed,
@@ -350,16 +373,12 @@ def compare(
     if verbose:
         print(table)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        spent = f"{budget_seconds:g} s" if budget_seconds is not None else f"{steps} gradient steps"
         header = (
             f"{label} (d = {dim}), {x_train.shape[0]} train / {x_test.shape[0]} held-out points, "
-            f"budget {spent} per method, seed {seed}; W2 and MMD on n = {n} points"
-            + ("" if true_nll is None else f"; true test NLL {true_nll:.3f}")
+            f"budget {spent_words(budget_seconds, steps)} per method, seed {seed}; "
+            f"W2 and MMD on n = {n} points" + ("" if true_nll is None else f"; true test NLL {true_nll:.3f}")
         )
-        (out / "table.md").write_text(header + "\n\n" + table + "\n")
-        (out / "results.json").write_text(json.dumps(records, indent=1))
+        out = write_report(out, header, table, records)
         panels = [("held-out data", x_test)] + list(samples_by_method.items())
         if can_plot():
             scatter_panels(panels, title=header.split(";")[0], max_points=2000, path=out / "samples.png")

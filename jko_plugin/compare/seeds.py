@@ -2,13 +2,12 @@ r"""The comparison over several seeds: one ``compare`` run per seed, then the me
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from .._validate import positive_int
-from .runner import TABLE_COLUMNS, compare
+from .runner import TABLE_COLUMNS, compare, write_report
 
 __all__ = ["SUMMARY_KEYS", "compare_seeds", "format_summary", "summarize"]
 
@@ -113,11 +112,6 @@ def compare_seeds(
     if verbose:
         print(f"\nmedian (min .. max) over seeds {seeds}:\n{table}")
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         head = f"{runs[0][0]['dataset']} (d = {runs[0][0]['dim']}): median (min .. max) over seeds {seeds}"
-        (out / "table.md").write_text(head + "\n\n" + table + "\n")
-        (out / "results.json").write_text(
-            json.dumps({"seeds": seeds, "summary": summary, "runs": runs}, indent=1)
-        )
+        write_report(out, head, table, {"seeds": seeds, "summary": summary, "runs": runs})
     return summary
