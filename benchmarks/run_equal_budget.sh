@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The equal-budget table of BENCHMARKS.md: every method on each dataset with one budget, seeds
-# 0,1,2 (median and spread in each folder's table.md), one job at a time under a lock so that no
-# two timings share the 2 cores. Results: benchmarks/results/equal_budget/<dataset>/.
-#   bash benchmarks/run_equal_budget.sh [dataset ...]   (default: all, in this order)
+# The equal-budget tables of BENCHMARKS.md s.4 and the checks beside them, one job at a time under
+# a lock so that no two timings share the 2 cores. Results: benchmarks/results/equal_budget/<job>/.
+#   bash benchmarks/run_equal_budget.sh [job ...]   (default: all, in this order)
+# Jobs with --seeds 0,1,2 write the median and spread per method in their table.md.
+#   units: the raw diabetes table, the same table standardised by hand, and raw with
+#   --no-standardize, at a fixed number of gradient steps (comparable step for step):
+#   NLL(raw) - NLL(standardised) should be sum(log std) for every method.
 set -u
 cd "$(dirname "$0")/.."
 OUT=benchmarks/results/equal_budget
@@ -11,23 +14,34 @@ LOCK=${LOCK:-/tmp/bench.lock}
 run() {  # name, then compare's arguments
   local name=$1; shift
   mkdir -p "$OUT/$name"
-  echo "== $name: $*"
+  echo "== $name: $* ($(date +%T))"
   flock "$LOCK" jko-flow compare "$@" --out "$OUT/$name" >"$OUT/$name/log.txt" 2>&1
   echo "   exit $? ($(date +%T))"
 }
-want() { [ $# -eq 0 ] || [[ " $ALL " == *" $1 "* ]]; }
-ALL="${*:-diabetes moons gmm16 digits rose checkerboard tree}"
-for d in $ALL; do
-  case $d in
-    diabetes) run diabetes --dataset benchmarks/data/diabetes_raw.csv \
-                --methods jko,jko-spline,jko-coupling,cfm,otcfm,realnvp,nsf --budget-seconds 120 --seeds 0 ;;
-    moons) run moons --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
-    gmm16) run gmm16 --dataset gmm16 --methods jko,jko-spline,cfm,nsf --budget-seconds 120 --seeds 0,1,2 ;;
+ALL7=jko,jko-spline,jko-coupling,cfm,otcfm,realnvp,nsf
+for job in ${*:-diabetes units gmm16 digits rose checkerboard curve moons tree}; do
+  case $job in
+    diabetes) run diabetes --dataset benchmarks/data/diabetes_raw.csv --methods $ALL7 --budget-seconds 120 --seeds 0 ;;
+    units)
+      python - <<'PY'
+import numpy as np
+x = np.loadtxt("benchmarks/data/diabetes_raw.csv", delimiter=",", skiprows=1)
+np.savetxt("benchmarks/data/diabetes_std.csv", (x - x.mean(0)) / x.std(0), delimiter=",", fmt="%.10f")
+print("sum log std", float(np.log(x.std(0)).sum()))
+PY
+      M=jko,jko-spline,jko-coupling,cfm,realnvp,nsf
+      run units/raw --dataset benchmarks/data/diabetes_raw.csv --methods $M --steps 300
+      run units/std --dataset benchmarks/data/diabetes_std.csv --methods $M --steps 300
+      run units/raw_unstandardized --dataset benchmarks/data/diabetes_raw.csv --methods $M --steps 300 --no-standardize ;;
+    gmm16) run gmm16 --dataset gmm16 --methods jko,jko-spline,jko-coupling,cfm --budget-seconds 120 --seeds 0,1,2 ;;
     digits) run digits --dataset digits --methods jko-coupling,cfm,nsf --budget-seconds 120 --seeds 0,1,2 ;;
     rose) run rose --dataset rose --methods jko,jko-spline,cfm --budget-seconds 300 --seeds 0 ;;
-    checkerboard) run checkerboard --dataset checkerboard --methods jko,jko-spline,cfm,nsf \
-                --budget-seconds 30 --seeds 0,1,2 ;;
+    checkerboard) run checkerboard --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
+    curve) mkdir -p $OUT/curve; echo "== curve ($(date +%T))"
+      flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods jko-spline,cfm,nsf \
+        --budgets 15 30 60 --out $OUT/curve > $OUT/curve/log.txt 2>&1; echo "   exit $?" ;;
+    moons) run moons --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     tree) run tree --dataset tree --methods jko-spline --budget-seconds 300 --seeds 0 ;;
-    *) echo "unknown dataset $d"; exit 2 ;;
+    *) echo "unknown job $job"; exit 2 ;;
   esac
 done

@@ -66,3 +66,37 @@ def test_a_step_that_cannot_be_rebuilt_is_refused_with_a_clear_error():
     flow = nf.NormalizingFlow(nf.distributions.DiagGaussian(2), [step])
     with pytest.raises(ValueError, match="cannot add or renew JKO steps like this JKOStep.*Planar"):
         append_step(flow, seed=0)
+
+
+def test_keep_best_steps_cuts_after_the_best_validation_prefix():
+    from jko_plugin import JKOTrainer
+    from jko_plugin.datasets import two_moons
+    from jko_plugin.training.surgery import best_prefix
+
+    assert best_prefix([3.0, 2.5, 2.5, 2.7]) == 2  # the shortest of the best
+    with pytest.raises(ValueError, match="held-out NLLs"):
+        best_prefix([])
+    torch.manual_seed(0)
+    flow = make_flow(2, 3, block="ode", hidden=(16,))
+    trainer = JKOTrainer(flow, [0.3, 0.5, 0.8], iterations=2, batch_size=64, progress=False)
+    with pytest.raises(ValueError, match="held-out NLLs"):
+        trainer.keep_best_steps()
+    x, x_val = two_moons(256, seed=0, standardize=True), two_moons(128, seed=1, standardize=True)
+    history = trainer.fit(x, x_val)
+    # The flow cut after each step, scored by hand on x_val, is what the history recorded.
+    steps = jko_steps(flow)
+    for k in range(1, 4):
+        z, log_det = x_val.clone(), torch.zeros(128)
+        with torch.no_grad():
+            for step in steps[:k]:
+                z, ld = step.inverse(z)
+                log_det = log_det + ld
+        own = float(-(flow.q0.log_prob(z) + log_det).mean())
+        assert own == pytest.approx(history.blocks[k - 1].nll, rel=1e-4)
+    best = best_prefix([b.nll for b in history.blocks])
+    kept = steps[:best]
+    assert trainer.keep_best_steps() == best
+    assert jko_steps(flow) == kept and trainer.schedule.step_sizes == pytest.approx([0.3, 0.5, 0.8][:best])
+    with torch.no_grad():
+        cut = float(-flow.log_prob(x_val).mean())
+    assert cut == pytest.approx(history.blocks[best - 1].nll, rel=1e-4)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._ops import solver_nfe
 from .._validate import positive, positive_int
+from ..datasets.files import train_test_split
 from ..steps.block import JKOBlock
 from ..steps.layers import flow_nfe
 from ..training.budget import FixedIterations, TimeBudget
@@ -35,6 +36,9 @@ FM_NLL_STEPS = 64
 #: Learning rate of the peers (Adam, cosine decay over the budget).
 PEER_LR = 1e-3
 BATCH_SIZE = 512
+#: A JKO method holds out this share of its training points (at most ``VALIDATION_MAX`` rows) to
+#: choose how many of its trained steps to keep (``JKOTrainer.keep_best_steps``).
+VALIDATION_SHARE, VALIDATION_MAX = 0.1, 2000
 
 
 @dataclass(frozen=True)
@@ -142,13 +146,16 @@ class JKOMethod(Method):
 
         config = self.config(x.shape[1], seed)
         start = time.perf_counter()
+        # The number of steps is chosen on a validation split of the training points, never on
+        # x_val (the points the row is scored on): each prefix of a JKO flow is a model of its own.
+        x, x_sel = train_test_split(x, min(VALIDATION_SHARE, VALIDATION_MAX / x.shape[0]), seed=seed + 1)
         flow = build_flow(config, x.shape[1]).to(x.device)
         trainer = make_trainer(config, flow, x.shape[0], progress=False, device=str(x.device))
         details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
         if budget.steps is not None:
             plan = FixedIterations(max(1, budget.steps // config.num_blocks))
         else:
-            costs = trainer.estimate_costs(x, x_val)
+            costs = trainer.estimate_costs(x, x_sel)
             details.update(
                 calibration_seconds=time.perf_counter() - start,
                 calibrated_seconds_per_iteration=costs.per_iteration,
@@ -156,10 +163,16 @@ class JKOMethod(Method):
                 fit_overhead_seconds=costs.per_fit,
             )
             plan = TimeBudget(budget.seconds, costs, config.num_blocks, start=start)
-        history = trainer.fit(x, x_val, plan=plan)
+        history = trainer.fit(x, x_sel, plan=plan)
+        kept = trainer.keep_best_steps()
         seconds = time.perf_counter() - start
         iterations = [b.iterations for b in history.blocks]
-        details.update(iterations_per_block=iterations, block_nll=[b.nll for b in history.blocks])
+        details.update(
+            iterations_per_block=iterations,
+            validation_nll_per_block=[b.nll for b in history.blocks],
+            validation_points=int(x_sel.shape[0]),
+            kept_steps=kept,
+        )
 
         # One model per row: NLL and samples come from one map. Blocks with an exact map density
         # are scored and sampled as trained; ODE-density blocks are scored with the ODE's fine

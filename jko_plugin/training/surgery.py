@@ -2,6 +2,9 @@ r"""Changing which JKO steps a flow holds: grow, drop, renew for a new schedule,
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import normflows as nf
 from normflows.flows import Flow
 from torch import nn
@@ -9,7 +12,7 @@ from torch import nn
 from ..steps.base import ProximalStep
 from ..steps.kinds import fresh_like, jko_steps
 
-__all__ = ["append_step", "drop_steps_after", "grow_to", "renew_steps"]
+__all__ = ["append_step", "best_prefix", "drop_steps_after", "grow_to", "renew_steps"]
 
 
 def _data_first(flow: nf.NormalizingFlow) -> list[Flow]:
@@ -58,6 +61,21 @@ def drop_steps_after(flow: nf.NormalizingFlow, keep: int) -> None:
                 continue
         layers.append(layer)
     _set_data_first(flow, layers)
+
+
+def best_prefix(nlls: Sequence[float]) -> int:
+    """How many steps (data side first) to keep, given the held-out NLL of the flow cut after each
+    step: the prefix with the lowest, the shortest on ties.
+
+    >>> best_prefix([3.0, 2.5, 2.7])
+    2
+
+    Raises:
+        ValueError: No NLL, or a NaN.
+    """
+    if not nlls or any(math.isnan(v) for v in nlls):
+        raise ValueError(f"keeping the best steps needs the trained blocks' held-out NLLs, got {list(nlls)}")
+    return 1 + min(range(len(nlls)), key=lambda i: (nlls[i], i))
 
 
 def renew_steps(flow: nf.NormalizingFlow, count: int, *, seed: int) -> None:

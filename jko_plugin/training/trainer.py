@@ -27,7 +27,7 @@ from .distributed import DistributedContext, setup, shard
 from .history import BlockRecord, StepEvent, TrainingHistory, conditional_knn_entropy, knn_entropy
 from .options import MODEL_OPTIONS, TrainerOptions
 from .step_fit import StepFitter
-from .surgery import append_step, drop_steps_after, grow_to, renew_steps
+from .surgery import append_step, best_prefix, drop_steps_after, grow_to, renew_steps
 
 __all__ = ["JKOTrainer"]
 
@@ -192,6 +192,21 @@ class JKOTrainer:
         if opts.progress and ctx.is_main:
             tqdm.write(self.history.summary())
         return self.history
+
+    def keep_best_steps(self) -> int:
+        """Cut the flow after the step whose ``x_val`` NLL in the last ``fit`` was lowest (each
+        prefix of a JKO flow is a density model of its own: its last step's output is taken as
+        ``N(0, I)``); returns the number of steps kept. ``x_val`` must then be a validation split,
+        never the points the model is scored on: the cut is chosen on it.
+
+        Raises:
+            ValueError: No fit has recorded a block yet.
+        """
+        k = best_prefix([b.nll for b in self.history.blocks[-self.schedule.num_blocks :]])
+        if k < self.schedule.num_blocks:
+            drop_steps_after(self.flow, k)
+            self.schedule = self.schedule.truncate(k)
+        return k
 
     @torch.no_grad()
     def estimate_costs(
