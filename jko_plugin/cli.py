@@ -45,6 +45,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="train on the data as it is (default: a Standardize layer fitted on the training split)",
     )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="hold out 10%% of the training split and keep the steps up to the best NLL on it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -80,6 +85,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     }
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     out["standardize"] = getattr(args, "standardize", True)
+    out["keep_best"] = getattr(args, "keep_best", False)
     return out
 
 

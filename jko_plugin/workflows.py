@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ._validate import choice
+from .datasets.files import validation_split
 from .plotting import can_plot, plot_samples, plot_training
 from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
@@ -59,7 +60,9 @@ class RunConfig:
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
-    ``context_dim`` make every step conditional (``make_flow``'s context options).
+    ``context_dim`` make every step conditional (``make_flow``'s context options). With
+    ``keep_best``, a validation split of the training points is held out (``validation_split``) and
+    the flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -83,6 +86,7 @@ class RunConfig:
     standardize: bool = True
     num_classes: int | None = None
     context_dim: int | None = None
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
@@ -198,6 +202,9 @@ def train_flow(
     see ``resolve_device``); ``on_step`` and ``callback`` go to ``JKOTrainer.fit``. A conditional
     config trains on the rows' ``context`` (labels or tensor) and measures on ``context_test``."""
     device = resolve_device(device)
+    x_val, context_val = x_test, context_test
+    if config.keep_best:  # the cut is chosen on training points held out here, never on x_test
+        x_train, x_val, context, context_val = validation_split(x_train, config.seed + 1, context)
     flow = build_flow(config, x_train.shape[1])
     if config.standardize:
         flow.flows.append(Standardize.fit(x_train))  # flows[-1]: the data side
@@ -206,15 +213,17 @@ def train_flow(
     start = time.perf_counter()
     history = trainer.fit(
         x_train,
-        x_test,
+        x_val,
         context=context,
-        context_val=context_test,
+        context_val=context_val,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         overwrite=not resume,
         on_step=on_step,
         callback=callback,
     )
+    if config.keep_best:
+        trainer.keep_best_steps()
     return TrainedRun(flow, history, time.perf_counter() - start, config.scheduler(trainer.schedule))
 
 

@@ -100,3 +100,21 @@ def test_keep_best_steps_cuts_after_the_best_validation_prefix():
     with torch.no_grad():
         cut = float(-flow.log_prob(x_val).mean())
     assert cut == pytest.approx(history.blocks[best - 1].nll, rel=1e-4)
+
+
+def test_train_flow_keep_best_chooses_on_a_split_of_the_training_points():
+    from jko_plugin.datasets import two_moons
+    from jko_plugin.datasets.files import validation_split
+    from jko_plugin.training.surgery import best_prefix
+    from jko_plugin.workflows import RunConfig, train_flow
+
+    x_train, x_test = two_moons(300, seed=0, standardize=True), two_moons(100, seed=1, standardize=True)
+    config = RunConfig(block="coupling", num_blocks=3, iterations=3, keep_best=True, batch_size=64)
+    run = train_flow(x_train, x_test, config, progress=False)
+    nlls = [b.nll for b in run.history.blocks]
+    assert len(jko_steps(run.flow)) == best_prefix(nlls) and run.scheduler.num_blocks == best_prefix(nlls)
+    # The NLLs it chose on are those of the 30 held-out training rows, not of x_test.
+    _, x_val, _, _ = validation_split(x_train, config.seed + 1)
+    assert x_val.shape[0] == 30
+    with torch.no_grad():
+        assert float(-run.flow.log_prob(x_val).mean()) == pytest.approx(nlls[best_prefix(nlls) - 1], rel=1e-4)

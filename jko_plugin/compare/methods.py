@@ -11,11 +11,18 @@ from torch import Tensor, nn
 
 from .._ops import solver_nfe
 from .._validate import positive, positive_int
-from ..datasets.files import train_test_split
+from ..datasets.files import validation_split
 from ..steps.block import JKOBlock
 from ..steps.layers import flow_nfe
 from ..training.budget import FixedIterations, TimeBudget
-from ..workflows import NLL_SOLVER_STEPS, RunConfig, build_flow, default_config, make_trainer, ode_density
+from ..workflows import (
+    NLL_SOLVER_STEPS,
+    RunConfig,
+    build_flow,
+    default_config,
+    make_trainer,
+    ode_density,
+)
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -36,9 +43,6 @@ FM_NLL_STEPS = 64
 #: Learning rate of the peers (Adam, cosine decay over the budget).
 PEER_LR = 1e-3
 BATCH_SIZE = 512
-#: A JKO method holds out this share of its training points (at most ``VALIDATION_MAX`` rows) to
-#: choose how many of its trained steps to keep (``JKOTrainer.keep_best_steps``).
-VALIDATION_SHARE, VALIDATION_MAX = 0.1, 2000
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ class JKOMethod(Method):
         start = time.perf_counter()
         # The number of steps is chosen on a validation split of the training points, never on
         # x_val (the points the row is scored on): each prefix of a JKO flow is a model of its own.
-        x, x_sel = train_test_split(x, min(VALIDATION_SHARE, VALIDATION_MAX / x.shape[0]), seed=seed + 1)
+        x, x_sel, _, _ = validation_split(x, seed + 1)
         flow = build_flow(config, x.shape[1]).to(x.device)
         trainer = make_trainer(config, flow, x.shape[0], progress=False, device=str(x.device))
         details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}

@@ -10,7 +10,14 @@ from torch import Tensor
 
 from ._common import Seed, _rng, _tensor
 
-__all__ = ["check_columns", "describe_scale", "load_samples", "split_labels", "train_test_split"]
+__all__ = [
+    "check_columns",
+    "describe_scale",
+    "load_samples",
+    "split_labels",
+    "train_test_split",
+    "validation_split",
+]
 
 
 def load_samples(path: str | Path) -> Tensor:
@@ -61,6 +68,33 @@ def train_test_split(x: Tensor, test_fraction: float = 0.2, *, seed: Seed = 0) -
         raise ValueError(f"test_fraction={test_fraction} of {n} rows leaves an empty part")
     perm = torch.from_numpy(_rng(seed).permutation(n))
     return x[perm[n_test:]], x[perm[:n_test]]
+
+
+#: Share of the training points (at most ``VALIDATION_MAX`` rows) that ``validation_split`` holds
+#: out, e.g. to choose how many trained JKO steps to keep (``JKOTrainer.keep_best_steps``).
+VALIDATION_SHARE, VALIDATION_MAX = 0.1, 2000
+
+
+def validation_split(
+    x: Tensor, seed: Seed = 0, context: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(x_fit, x_val, context_fit, context_val)``: ``VALIDATION_SHARE`` of the rows (at most
+    ``VALIDATION_MAX``, at least one) held out at random as ``train_test_split`` draws them, any
+    context split with its rows.
+
+    >>> x_fit, x_val, _, _ = validation_split(torch.randn(50, 2), seed=0)
+    >>> x_fit.shape[0], x_val.shape[0]
+    (45, 5)
+    """
+    n = x.shape[0]
+    n_val = min(VALIDATION_MAX, max(1, round(VALIDATION_SHARE * n)))
+    if n_val >= n:
+        raise ValueError(f"{n} training rows are too few to hold out a validation split")
+    perm = torch.from_numpy(_rng(seed).permutation(n)).to(x.device)
+    val, fit = perm[:n_val], perm[n_val:]
+    if context is None:
+        return x[fit], x[val], None, None
+    return x[fit], x[val], context[fit], context[val]
 
 
 def check_columns(x: Tensor | np.ndarray, *, max_levels: int = 20) -> list[str]:
