@@ -246,7 +246,7 @@ def test_cli_seeds_and_no_standardize(tmp_path, capsys):
 def test_an_unconverged_w2_is_one_note_in_the_record_not_the_solvers_warning(monkeypatch):
     import warnings
 
-    import jko_plugin.metrics.wasserstein as w
+    import jko_plugin.metrics.checked as w
 
     exact = w.wasserstein2
 

@@ -88,7 +88,7 @@ def test_w2_warning_is_passed_on_only_when_the_figure_is_actually_off(monkeypatc
     exact_ok, note = checked_wasserstein2(x, y, "W2")
     assert note is None
     # A solver that stops early and reports a figure 5% too low: the line says so, once.
-    monkeypatch.setattr("jko_plugin.metrics.wasserstein.wasserstein2", lambda a, b: _early(exact_ok * 0.95))
+    monkeypatch.setattr("jko_plugin.metrics.checked.wasserstein2", lambda a, b: _early(exact_ok * 0.95))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the solver's own warning must not escape
         w2, note = checked_wasserstein2(x, y, "W2 to held-out")
@@ -102,7 +102,7 @@ def test_w2_warning_is_passed_on_only_when_the_figure_is_actually_off(monkeypatc
         float(ot.emd2(torch.full((300,), 1 / 300.0).double(), torch.full((300,), 1 / 300.0).double(), cost))
         ** 0.5
     )
-    monkeypatch.setattr("jko_plugin.metrics.wasserstein.wasserstein2", lambda a, b: _early(exact * 1.004))
+    monkeypatch.setattr("jko_plugin.metrics.checked.wasserstein2", lambda a, b: _early(exact * 1.004))
     assert checked_wasserstein2(x, y, "W2")[1] is None
 
 

@@ -1,13 +1,12 @@
 r"""Sample-quality metrics: W2 (GeomLoss Sinkhorn), MMD, NLL, inversion error, a flow's regularity."""
 
+from .checked import W2_CHECK_RTOL, checked_wasserstein2
 from .regularity import LipschitzProfile, Stability, block_stability, latent_stability, lipschitz_profile
 from .scores import MMD_BANDWIDTH_FACTORS, bits_per_dim, inversion_error, mmd, nll
 from .wasserstein import (
     BACKENDS,
     RELATIVE_BLUR,
-    W2_CHECK_RTOL,
     SinkhornResult,
-    checked_wasserstein2,
     sinkhorn,
     sinkhorn_divergence,
     w2_floor,

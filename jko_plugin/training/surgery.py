@@ -12,7 +12,7 @@ from torch import nn
 from ..steps.base import ProximalStep
 from ..steps.kinds import fresh_like, jko_steps
 
-__all__ = ["append_step", "best_prefix", "drop_steps_after", "grow_to", "renew_steps"]
+__all__ = ["append_step", "best_prefix", "drop_steps_after", "grow_to", "renew_steps", "warm_start"]
 
 
 def _data_first(flow: nf.NormalizingFlow) -> list[Flow]:
@@ -92,3 +92,11 @@ def renew_steps(flow: nf.NormalizingFlow, count: int, *, seed: int) -> None:
     if count < k:
         drop_steps_after(flow, count)
     grow_to(flow, count, seed=seed)
+
+
+def warm_start(step: nn.Module, previous: nn.Module) -> None:
+    """Start ``step`` from ``previous``'s weights (same class; its place on the time axis kept)."""
+    if type(step) is not type(previous):
+        return
+    state = {k: v for k, v in previous.state_dict().items() if k != "interval"}
+    step.load_state_dict(state, strict=False)

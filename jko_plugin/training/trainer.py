@@ -27,7 +27,7 @@ from .distributed import DistributedContext, setup, shard
 from .history import BlockRecord, StepEvent, TrainingHistory, conditional_knn_entropy, knn_entropy
 from .options import MODEL_OPTIONS, TrainerOptions
 from .step_fit import StepFitter
-from .surgery import append_step, best_prefix, drop_steps_after, grow_to, renew_steps
+from .surgery import append_step, best_prefix, drop_steps_after, grow_to, renew_steps, warm_start
 
 __all__ = ["JKOTrainer"]
 
@@ -114,24 +114,19 @@ class JKOTrainer:
     ) -> TrainingHistory:
         """Train the flow's JKO steps in place, data side first; return the per-block history.
 
-        Under ``torchrun`` (or in an initialised process group) every rank passes the same ``x``
-        and ``x_val`` and keeps the rows ``rank, rank + W, ...`` of each; rank 0's weights are
-        copied to all ranks first, gradients are averaged by ``DistributedDataParallel``, and the
-        per-block figures are reduced over all ranks, so every rank returns the same history and
-        ends with the same weights. Only rank 0 writes checkpoints, logs and progress bars.
+        Under ``torchrun`` every rank passes the same ``x`` and ``x_val`` and keeps the rows
+        ``rank, rank + W, ...``; rank 0's weights are copied to all ranks, gradients averaged by
+        ``DistributedDataParallel`` and the per-block figures reduced over all ranks, so every rank
+        returns the same history and weights. Only rank 0 writes checkpoints, logs and progress bars.
 
-        A conditional flow (steps built with ``num_classes`` or ``context_dim``) trains one
-        proximal step per context value, ``rho_k(. | c)``: every point comes with its context
-        (``context``, row for row; under torchrun sharded with the same rows), batches are drawn
-        with their contexts and the data are pushed through each trained step with them. The
-        per-block NLL is then conditional, ``-log p(x | c)``, and the KL estimate is
-        ``E_c KL(rho_k(. | c) || q)`` (``TrainingHistory``).
+        A conditional flow (``num_classes`` or ``context_dim`` steps) trains one proximal step per
+        context value, each point with its ``context`` (sharded with its row under torchrun); the
+        per-block NLL is then ``-log p(x | c)`` and the KL estimate ``E_c KL(rho_k(. | c) || q)``.
 
         Args:
             x: Training data ``(n, d)``, tensor or array.
             x_val: Held-out data for the diagnostics; default: ``eval_size`` training points.
-            context: For a conditional flow: class labels ``(n,)`` (integers) or a context
-                ``(n, context_dim)``, one row per row of ``x``.
+            context: For a conditional flow: labels ``(n,)`` or contexts ``(n, context_dim)``.
             context_val: The contexts of ``x_val`` (required with ``x_val`` for a conditional flow).
             checkpoint_dir: Save weights and history there after every block (atomically).
             resume: Continue from the checkpoint in ``checkpoint_dir`` at the first untrained step.
@@ -195,9 +190,8 @@ class JKOTrainer:
 
     def keep_best_steps(self) -> int:
         """Cut the flow after the step whose ``x_val`` NLL in the last ``fit`` was lowest (each
-        prefix of a JKO flow is a density model of its own: its last step's output is taken as
-        ``N(0, I)``); returns the number of steps kept. ``x_val`` must then be a validation split,
-        never the points the model is scored on: the cut is chosen on it.
+        prefix of a JKO flow is a density model); returns the steps kept. ``x_val`` must then be a
+        validation split, never the points the model is scored on.
 
         Raises:
             ValueError: No fit has recorded a block yet.
@@ -316,7 +310,7 @@ class JKOTrainer:
             iterations = 0
             if k > done:
                 if opts.warm_start and k > 1:
-                    _warm_start(layer, jko_steps(self.flow)[k - 2])
+                    warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
                 self._fitter().train(
                     layer, data, h, k, iterations, self.schedule.num_blocks, on_step, **given
@@ -424,11 +418,3 @@ class JKOTrainer:
         self.flow.load_state_dict(weights)
         self.history = TrainingHistory.from_dict(meta["history"])
         return int(meta["blocks_trained"])
-
-
-def _warm_start(step: nn.Module, previous: nn.Module) -> None:
-    """Start ``step`` from ``previous``'s weights (same class; its place on the time axis kept)."""
-    if type(step) is not type(previous):
-        return
-    state = {k: v for k, v in previous.state_dict().items() if k != "interval"}
-    step.load_state_dict(state, strict=False)
