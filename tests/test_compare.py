@@ -181,15 +181,15 @@ def test_diverged_model_is_recorded_not_dropped(monkeypatch):
 def test_ode_jko_scores_and_samples_one_map():
     assert METHODS["jko"].config(3, 0).trace == "exact"
     assert METHODS["jko"].config(4, 0).trace == "hutchinson"  # used where the density is the ODE's
-    # d <= 16: the exact map density; NLL and samples from the trained map, no second sampler.
-    (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    # d <= 3: the exact map density; NLL and samples from the trained map, no second sampler.
+    (rec,) = compare("gmm3", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert rec["details"]["density"].startswith("exact map") and rec["fast_w2"] is None
     assert rec["nfe"] == rec["details"]["kept_steps"] * 2 * 4 * 4
-    (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    (again,) = compare("gmm3", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
-    # d > 16: the ODE's density at 8 RK4 steps per block, samples from the same 8-step solver,
+    # d > 3: the ODE's density at 8 RK4 steps per block, samples from the same 8-step solver,
     # and the 2-step trained sampler reported beside it.
-    (rec,) = compare("gmm20", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == "hutchinson"
     kept = rec["details"]["kept_steps"]
     assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * 2 * 4 and rec["fast_w2"] > 0

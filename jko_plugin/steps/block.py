@@ -22,7 +22,11 @@ EXACT_TRACE_MAX_DIM = 32
 #: and ``forward`` inverts that map to machine precision; ``"auto"``: ``"map"`` up to
 #: ``EXACT_MAP_MAX_DIM``.
 DENSITIES = ("ode", "map", "auto")
-EXACT_MAP_MAX_DIM = 16
+#: The map's Jacobian costs d tangents per stage, as the exact trace does: free where training
+#: takes the exact trace anyway (compare's ``jko`` up to d = 3), d times Hutchinson's price above.
+#: Measured on gmm16 at 120 s (seed 0): the map density left 1,496 iterations and NLL 18.05; the
+#: ODE density with Hutchinson's trace 8,813 iterations and NLL 17.20 (BENCHMARKS.md s.4).
+EXACT_MAP_MAX_DIM = 3
 
 
 class JKOBlock(ProximalStep):
