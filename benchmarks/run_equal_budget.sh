@@ -19,7 +19,7 @@ run() {  # name, then compare's arguments
   echo "   exit $? ($(date +%T))"
 }
 ALL7=jko,jko-spline,jko-coupling,cfm,otcfm,realnvp,nsf
-for job in ${*:-diabetes units gmm16 digits rose checkerboard curve moons tree}; do
+for job in ${*:-diabetes units gmm16 gmm16_jko_ode digits rose checkerboard curve moons tree}; do
   case $job in
     diabetes) run diabetes --dataset benchmarks/data/diabetes_raw.csv --methods $ALL7 --budget-seconds 120 --seeds 0 ;;
     units)
@@ -34,6 +34,7 @@ PY
       run units/std --dataset benchmarks/data/diabetes_std.csv --methods $M --steps 300
       run units/raw_unstandardized --dataset benchmarks/data/diabetes_raw.csv --methods $M --steps 300 --no-standardize ;;
     gmm16) run gmm16 --dataset gmm16 --methods jko,jko-spline,jko-coupling,cfm --budget-seconds 120 --seeds 0,1,2 ;;
+    gmm16_jko_ode) run gmm16_jko_ode --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     digits) run digits --dataset digits --methods jko-coupling,cfm,nsf --budget-seconds 120 --seeds 0,1,2 ;;
     rose) run rose --dataset rose --methods jko,jko-spline,cfm --budget-seconds 300 --seeds 0 ;;
     checkerboard) run checkerboard --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
