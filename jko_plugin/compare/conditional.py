@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._validate import positive_int
 from ..datasets import get_labelled, load_samples, split_labels, train_test_split
-from ..metrics import wasserstein2
+from ..metrics import checked_wasserstein2
 from ..steps.normalize import Standardize
 from .conditional_methods import (
     CONDITIONAL_METHODS,
@@ -100,7 +100,7 @@ def _classwise(
 ) -> dict:
     """Class-conditional W2 (and its floor) per class, and a classifier's accuracy on samples."""
     gen = torch.Generator().manual_seed(seed + 7)
-    w2, floor, accuracy, data_accuracy = {}, {}, {}, {}
+    w2, floor, accuracy, data_accuracy, notes = {}, {}, {}, {}, []
     for c in torch.unique(y_test).tolist():
         ref = x_test[y_test == c][:w2_points]
         own = x_train[y_train == c][: ref.shape[0]]
@@ -108,8 +108,17 @@ def _classwise(
         samples = model.sample(torch.full((n,), c, dtype=torch.long), gen)
         finite = bool(torch.isfinite(samples).all())
         if ref.shape[0] >= 2:
-            w2[c] = wasserstein2(samples[: ref.shape[0]], ref) if finite else None
-            floor[c] = wasserstein2(own, ref) if own.shape[0] == ref.shape[0] else None
+            w2[c], note = (
+                checked_wasserstein2(samples[: ref.shape[0]], ref, f"class {c}'s W2")
+                if finite
+                else (None, None)
+            )
+            floor[c], floor_note = (
+                checked_wasserstein2(own, ref, f"class {c}'s W2 floor")
+                if own.shape[0] == ref.shape[0]
+                else (None, None)
+            )
+            notes += [m for m in (note, floor_note) if m]
         if predict is not None and finite:
             accuracy[c] = float((predict(samples) == c).double().mean())
             data_accuracy[c] = float((predict(x_test[y_test == c]) == c).double().mean())
@@ -125,6 +134,7 @@ def _classwise(
         "label_accuracy": mean(accuracy),
         "label_accuracy_per_class": accuracy,
         "data_label_accuracy": mean(data_accuracy),
+        "warnings": notes,
     }
 
 
@@ -255,6 +265,8 @@ def compare_conditional(
         records.append(record)
         if verbose:
             print(format_table([record], CONDITIONAL_COLUMNS).splitlines()[-1], flush=True)
+            for m in record["warnings"]:
+                print(f"warning: {m}", flush=True)
     table = format_table(records, CONDITIONAL_COLUMNS)
     if verbose:
         print(table)
