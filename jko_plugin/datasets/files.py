@@ -66,8 +66,14 @@ def train_test_split(x: Tensor, test_fraction: float = 0.2, *, seed: Seed = 0) -
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
         raise ValueError(f"test_fraction={test_fraction} of {n} rows leaves an empty part")
-    perm = torch.from_numpy(_rng(seed).permutation(n))
-    return x[perm[n_test:]], x[perm[:n_test]]
+    kept, held = _shuffled_rows(n, n_test, seed, x.device)
+    return x[kept], x[held]
+
+
+def _shuffled_rows(n: int, n_held: int, seed: Seed, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row indices ``(kept, held)``: a seeded shuffle of ``range(n)``, its first ``n_held`` held out."""
+    perm = torch.from_numpy(_rng(seed).permutation(n)).to(device)
+    return perm[n_held:], perm[:n_held]
 
 
 #: Share of the training points (at most ``VALIDATION_MAX`` rows) that ``validation_split`` holds
@@ -90,8 +96,7 @@ def validation_split(
     n_val = min(VALIDATION_MAX, max(1, round(VALIDATION_SHARE * n)))
     if n_val >= n:
         raise ValueError(f"{n} training rows are too few to hold out a validation split")
-    perm = torch.from_numpy(_rng(seed).permutation(n)).to(x.device)
-    val, fit = perm[:n_val], perm[n_val:]
+    fit, val = _shuffled_rows(n, n_val, seed, x.device)
     if context is None:
         return x[fit], x[val], None, None
     return x[fit], x[val], context[fit], context[val]
