@@ -2,6 +2,7 @@ r"""The peers' training loop: Adam under a budget of gradient steps and/or wall-
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -57,14 +58,46 @@ def lr_factor(schedule: str, progress: float) -> float:
 
 @dataclass
 class FitHistory:
-    """What a training run did: gradient steps, seconds, and the loss every ``log_every`` steps."""
+    """What a training run did: gradient steps, seconds, the loss every ``log_every`` steps, and
+    with a ``validate`` function its ``(step, score)`` checks and the step whose state was kept
+    (``best_step``; ``None`` without checks or when no score was finite)."""
 
     steps: int = 0
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": self.seconds, "losses": [list(p) for p in self.losses]}
+        return {
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "losses": [list(p) for p in self.losses],
+            "validation": [list(p) for p in self.validation],
+            "best_step": self.best_step,
+        }
+
+
+class _Selection:
+    """Scores ``model`` with ``validate`` (no grad, eval mode) and keeps a copy of its best state."""
+
+    def __init__(self, model: nn.Module, validate: Callable[[], float], history: FitHistory) -> None:
+        self.model, self.validate, self.history = model, validate, history
+        self.best_score, self.best_state = math.inf, None
+
+    def check(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            score = float(self.validate())
+        self.model.train()
+        self.history.validation.append((self.history.steps, score))
+        if math.isfinite(score) and score < self.best_score:  # NaN and inf never count as best
+            self.best_score, self.history.best_step = score, self.history.steps
+            self.best_state = copy.deepcopy(self.model.state_dict())  # detached tensors, cloned
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
 
 
 def fit_budgeted(
@@ -77,13 +110,25 @@ def fit_budgeted(
     weight_decay: float = 0.0,
     max_grad_norm: float | None = None,
     log_every: int = 100,
+    validate: Callable[[], float] | None = None,
+    checks: int = 20,
 ) -> FitHistory:
     """Minimise ``batch_loss()`` (a fresh minibatch each call) over ``model``'s parameters with Adam
     until ``budget`` is spent. A step whose loss is not finite is counted but not applied.
-    Leaves ``model`` in eval mode."""
+    Leaves ``model`` in eval mode.
+
+    With ``validate`` (a score of the current model, lower is better, e.g. a validation NLL) the
+    model is scored whenever the budget's progress crosses ``k / checks`` (``k = 1..checks``) and
+    once at the very end, under ``torch.no_grad()`` in eval mode; the state with the best finite
+    score is restored at the end (``history.best_step``). Scoring happens inside the budget's
+    clock, so it costs training time. Without ``validate`` nothing changes.
+    """
     choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    positive_int("checks", checks)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = FitHistory()
+    selection = None if validate is None else _Selection(model, validate, history)
+    next_check = 1  # the next k whose progress k / checks triggers a check
     model.train()
     start = time.perf_counter()
     while not budget.done(history.steps, time.perf_counter() - start):
@@ -100,6 +145,16 @@ def fit_budgeted(
         history.steps += 1
         if history.steps % log_every == 0 or history.steps == 1:
             history.losses.append((history.steps, float(loss.detach())))
+        if selection is not None:
+            progress = budget.progress(history.steps, time.perf_counter() - start)
+            if next_check <= checks and progress >= next_check / checks:
+                selection.check()
+                while next_check <= checks and progress >= next_check / checks:
+                    next_check += 1
+    if selection is not None:
+        if not history.validation or history.validation[-1][0] != history.steps:
+            selection.check()  # the very end, if the last crossing was not the last step
+        selection.restore()
     history.seconds = time.perf_counter() - start
     model.eval()
     return history

@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 import torch
 from jko_plugin.adapters.budget import FitHistory, TrainingBudget, fit_budgeted
-from jko_plugin.adapters.flow_matching import FlowMatchingModel
+from jko_plugin.adapters.flow_matching import FlowMatchingModel, validation_loss
 from torch import Tensor
 
 from jko_plugin._ops import standard_normal_log_prob
@@ -65,17 +65,29 @@ def _budgeted(
     budget_seconds: float | None,
     lr: float,
     seed: int,
+    x_val: Tensor | None,
 ) -> FitHistory:
     budget = TrainingBudget(steps, budget_seconds)
     if x.dim() != 2 or x.shape[1] != model.dim:
         raise ValueError(f"x must have shape (n, {model.dim}), got {tuple(x.shape)}")
+    validate = None
+    if x_val is not None:
+        if x_val.dim() != 2 or x_val.shape[1] != model.dim or x_val.shape[0] == 0:
+            raise ValueError(f"x_val must have shape (m, {model.dim}), got {tuple(x_val.shape)}")
+
+        # Both libraries train the linear path, so our FlowMatchingModel.loss on fixed draws is
+        # their loss (up to torchcfm's OT pairing, left out: the independent pairs are a proxy);
+        # no RNG is touched, so the training draws are those of a run without validation.
+        def validate() -> float:
+            return validation_loss(model, x_val, seed=seed)
+
     # torchcfm draws its OT minibatch pairing from numpy's global generator: seeded, then restored.
     state = np.random.get_state()
     np.random.seed(seed)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return fit_budgeted(model, batch_loss, budget, lr=lr, lr_schedule="cosine")
+            return fit_budgeted(model, batch_loss, budget, lr=lr, lr_schedule="cosine", validate=validate)
     finally:
         np.random.set_state(state)
 
@@ -90,6 +102,7 @@ def fit_torchcfm(
     batch_size: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
+    x_val: Tensor | None = None,
 ) -> FitHistory:
     """Train ``model`` in place on ``x`` with torchcfm's matcher (``ot=True``: exact minibatch OT).
 
@@ -100,6 +113,9 @@ def fit_torchcfm(
         steps, budget_seconds: The budget (at least one; whichever ends first).
         batch_size: Minibatch size (data drawn with replacement); lr: Adam, cosine decay.
         seed: Seeds minibatches, noise, times and the OT pairing.
+        x_val: Validation rows ``(m, d)``: the state with the lowest flow-matching loss on them
+            (``adapters.flow_matching.validation_loss``, fixed draws seeded by ``seed``) at 20
+            checks over the budget is kept.
 
     Raises:
         ImportError: torchcfm (or POT) is missing; the message gives the install command.
@@ -119,7 +135,9 @@ def fit_torchcfm(
         t, xt, ut = matcher.sample_location_and_conditional_flow(x0, x1)
         return (model.velocity(xt, 1.0 - t) + ut).square().sum(-1).mean()
 
-    return _budgeted(model, x, batch_loss, steps=steps, budget_seconds=budget_seconds, lr=lr, seed=seed)
+    return _budgeted(
+        model, x, batch_loss, steps=steps, budget_seconds=budget_seconds, lr=lr, seed=seed, x_val=x_val
+    )
 
 
 def fit_flow_matching_lib(
@@ -131,6 +149,7 @@ def fit_flow_matching_lib(
     batch_size: int = 512,
     lr: float = 1e-3,
     seed: int = 0,
+    x_val: Tensor | None = None,
 ) -> FitHistory:
     """Train ``model`` in place on ``x`` with Meta ``flow_matching``'s ``CondOTProbPath``.
 
@@ -154,7 +173,9 @@ def fit_flow_matching_lib(
         sample = path.sample(x_0=x0, x_1=x1, t=t)
         return (model.velocity(sample.x_t, 1.0 - t) + sample.dx_t).square().sum(-1).mean()
 
-    return _budgeted(model, x, batch_loss, steps=steps, budget_seconds=budget_seconds, lr=lr, seed=seed)
+    return _budgeted(
+        model, x, batch_loss, steps=steps, budget_seconds=budget_seconds, lr=lr, seed=seed, x_val=x_val
+    )
 
 
 def _solver(model: FlowMatchingModel) -> object:

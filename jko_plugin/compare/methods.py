@@ -220,9 +220,16 @@ class JKOMethod(Method):
         )
 
 
+def _selected(x_sel: Tensor, best_step: int | None, score: str) -> dict:
+    """The details of a peer's checkpoint selection: like a JKO row's number of steps, its
+    checkpoint is chosen on ``validation_split(x, seed + 1)`` (the same rows), never on ``x_val``."""
+    return {"validation_points": int(x_sel.shape[0]), "best_step": best_step, "selection": score}
+
+
 class FlowMatchingMethod(Method):
     """Conditional flow matching (our trainer, ``adapters.flow_matching``) on the Gaussian
-    interpolant ``path`` (``jko_plugin.interpolants``), sampled with 12 RK4 steps."""
+    interpolant ``path`` (``jko_plugin.interpolants``), sampled with 12 RK4 steps; the checkpoint
+    with the lowest validation flow-matching loss (fixed draws) is kept."""
 
     def __init__(self, name: str, coupling: str, summary: str, path: str = "linear") -> None:
         self.name, self.coupling, self.summary, self.path = name, coupling, summary, path
@@ -231,6 +238,7 @@ class FlowMatchingMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
+        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FlowMatchingModel(x.shape[1], path=self.path).to(x.device)
@@ -243,6 +251,7 @@ class FlowMatchingMethod(Method):
             batch_size=min(BATCH_SIZE, x.shape[0]),
             lr=PEER_LR,
             seed=seed,
+            x_val=x_sel,
         )
         return TrainedModel(
             model,
@@ -255,6 +264,7 @@ class FlowMatchingMethod(Method):
                 "sample_solver": f"{FM_SAMPLE_STEPS} x {FM_SAMPLE_SOLVER}",
                 "nll_solver": f"{FM_NLL_STEPS} x rk4",
                 "path": self.path,
+                **_selected(x_sel, history.best_step, "validation flow-matching loss"),
             },
             velocity=model,
             generate=lambda z: model.sample(
@@ -268,7 +278,8 @@ class PeerFlowMatchingMethod(Method):
     ``flow_matching``'s ``CondOTProbPath``, on the same MLP, budget, batch and learning rate as
     ``cfm``. torchcfm's model is sampled and scored by our ODE code (12 RK4 / 64 RK4 steps, as
     ``cfm``); ``flow_matching``'s by its own ``ODESolver`` (``sample``, ``compute_likelihood``)
-    with the same fixed RK4 grids.
+    with the same fixed RK4 grids. As ``cfm``, the checkpoint with the lowest validation
+    flow-matching loss is kept.
     """
 
     def __init__(self, name: str, library: str, summary: str, *, ot: bool = False) -> None:
@@ -280,6 +291,7 @@ class PeerFlowMatchingMethod(Method):
         from ..adapters.flow_matching import FlowMatchingModel
 
         self.check_available()
+        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FlowMatchingModel(x.shape[1]).to(x.device)
@@ -289,6 +301,7 @@ class PeerFlowMatchingMethod(Method):
             batch_size=min(BATCH_SIZE, x.shape[0]),
             lr=PEER_LR,
             seed=seed,
+            x_val=x_sel,
         )
         details = {"library": self.library, "sample_solver": f"{FM_SAMPLE_STEPS} x rk4"}
         if self.library == "torchcfm":
@@ -300,12 +313,14 @@ class PeerFlowMatchingMethod(Method):
             sample = lambda n, gen: peers.flow_matching_sample(model, n, steps=FM_SAMPLE_STEPS, generator=gen)  # noqa: E731
             log_prob = lambda xb: peers.flow_matching_log_prob(model, xb, steps=FM_NLL_STEPS)  # noqa: E731
         details["nll_solver"] = f"{FM_NLL_STEPS} x rk4, exact divergence"
+        details.update(_selected(x_sel, history.best_step, "validation flow-matching loss"))
         nfe = solver_nfe(FM_SAMPLE_STEPS, "rk4")
         return TrainedModel(model, sample, log_prob, nfe, history.seconds, history.steps, details)
 
 
 class NormflowsMethod(Method):
-    """A normflows baseline (``adapters.normflows_baselines``) trained by maximum likelihood."""
+    """A normflows baseline (``adapters.normflows_baselines``) trained by maximum likelihood; the
+    checkpoint with the lowest validation NLL is kept."""
 
     def __init__(self, name: str, summary: str) -> None:
         self.name, self.summary = name, summary
@@ -313,6 +328,7 @@ class NormflowsMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.normflows_baselines import fit_maximum_likelihood, make_baseline, sample_flow
 
+        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             flow = make_baseline(self.name, x.shape[1]).to(x.device)
@@ -324,6 +340,7 @@ class NormflowsMethod(Method):
             batch_size=min(BATCH_SIZE, x.shape[0]),
             lr=PEER_LR,
             seed=seed,
+            x_val=x_sel,
         )
         return TrainedModel(
             flow,
@@ -332,6 +349,7 @@ class NormflowsMethod(Method):
             flow_nfe(flow),
             history.seconds,
             history.steps,
+            _selected(x_sel, history.best_step, "validation NLL"),
             generate=_latents_to_samples(flow),
         )
 
