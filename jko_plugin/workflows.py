@@ -15,7 +15,7 @@ import normflows as nf
 import torch
 from torch import Tensor
 
-from ._validate import choice, positive
+from ._validate import choice
 from .datasets.files import validation_split
 from .plotting import can_plot, plot_samples, plot_training
 from .sampling.scheduler import JKOScheduler
@@ -46,15 +46,14 @@ __all__ = [
 #: RK4 steps per ODE block (at least) when ``evaluate`` scores the test NLL.
 NLL_SOLVER_STEPS = 8
 #: Fallbacks of the settings a step kind does not tune (``StepKind.run_defaults``).
-_RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "first_step_share": 1.0}
+_RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Model and training settings of ``jko-flow demo`` / ``jko-flow train``.
 
-    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations``, ``lr`` and
-    ``first_step_share`` (the first step's shares of a wall-clock budget, ``budget_weights``) left
+    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations`` and ``lr`` left
     at ``None`` take that kind's tuned values (``StepKind.run_defaults``). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
     spline and coupling steps: ``spline_layers``, ``spline_hidden``). Step sizes are geometric,
@@ -68,8 +67,6 @@ class RunConfig:
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
         ('spline', 4, 6)
-        >>> RunConfig(block="ode").budget_weights
-        (3.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     """
 
     block: str = DEFAULT_STEP_KIND
@@ -90,7 +87,6 @@ class RunConfig:
     num_classes: int | None = None
     context_dim: int | None = None
     keep_best: bool = False
-    first_step_share: float | None = None
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
@@ -101,19 +97,12 @@ class RunConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        positive("first_step_share", self.first_step_share)
         self.schedule  # noqa: B018 - validates num_blocks, h0 and growth
 
     @property
     def schedule(self) -> StepSchedule:
         """The geometric ``StepSchedule`` of ``num_blocks`` steps."""
         return StepSchedule.geometric(self.num_blocks, h0=self.h0, growth=self.growth)
-
-    @property
-    def budget_weights(self) -> tuple[float, ...]:
-        """Shares of a wall-clock budget per step (``TimeBudget``'s ``weights``): the first step,
-        which moves the data the most, gets ``first_step_share`` shares, every other step one."""
-        return (float(self.first_step_share),) + (1.0,) * (self.num_blocks - 1)
 
     @property
     def step_sizes(self) -> list[float]:

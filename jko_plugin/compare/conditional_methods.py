@@ -96,11 +96,7 @@ class ConditionalJKO(ConditionalMethod):
             plan = FixedIterations(max(1, budget.steps // config.num_blocks))
         else:
             plan = TimeBudget(
-                budget.seconds,
-                trainer.estimate_costs(x, x_val, **contexts),
-                config.num_blocks,
-                start=start,
-                weights=config.budget_weights,
+                budget.seconds, trainer.estimate_costs(x, x_val, **contexts), config.num_blocks, start=start
             )
         history = trainer.fit(x, x_val, plan=plan, **contexts)
         seconds = time.perf_counter() - start

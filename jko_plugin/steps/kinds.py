@@ -172,9 +172,7 @@ STEP_KINDS: dict[str, StepKind] = {
         "ode",
         JKOBlock,
         {"hidden": "hidden", "steps": "steps", "trace": "trace", "density": "density"},
-        # first_step_share: at equal time, 3 shares for block 1 won on validation NLL on every seed
-        # of moons and gmm16 (BENCHMARKS.md s.4.0, bench_jko_recipes.py); spline steps: no clear gain.
-        {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2, "first_step_share": 3.0},
+        {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2},
         "JKOBlocks: continuous-time residual blocks, the flow of an MLP velocity field",
     ),
 }
