@@ -89,11 +89,19 @@ def in_data_units(result: TrainedModel, norm: Standardize) -> TrainedModel:
     """``result``, trained on ``norm``'s standardised data, as the one map ``norm`` then model: its
     samples mapped back and its log-density ``log p(norm^-1 x) - sum(log scale)``."""
 
+    def to_data(z: Tensor) -> Tensor:
+        # A diverged model's non-finite samples stay non-finite (counted and reported as such by
+        # compare) instead of failing the layer's input check and with it the whole comparison.
+        out = torch.full_like(z, float("nan"))
+        finite = torch.isfinite(z).all(dim=1)
+        out[finite] = norm.forward(z[finite])[0]
+        return out
+
     def sample(n: int, gen: torch.Generator) -> Tensor:
-        return norm.forward(result.sample(n, gen))[0]
+        return to_data(result.sample(n, gen))
 
     def fast_sample(n: int, gen: torch.Generator) -> Tensor:
-        return norm.forward(result.fast_sample(n, gen))[0]
+        return to_data(result.fast_sample(n, gen))
 
     def log_prob(x: Tensor) -> Tensor:
         z, log_det = norm.inverse(x)
