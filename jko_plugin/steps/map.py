@@ -2,9 +2,11 @@ r"""Any group of normflows layers as one JKO proximal step: ``JKOStep``."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterable
 
+import torch
 from normflows.flows import Flow
 from torch import Tensor, nn
 
@@ -137,7 +139,7 @@ class JKOStep(ProximalStep):
         c = self.context_encoder(context, z)
         log_det = z.new_zeros(z.shape[0])
         for flow in self.flows:
-            z, ld = flow(z, context=c) if c is not None and _takes_context(flow) else flow(z)
+            z, ld = _latent_to_data(flow, z, c)
             log_det = log_det + ld
         return z, log_det
 
@@ -175,3 +177,23 @@ def _context_channels(layer: Flow) -> int | None | bool:
     except ValueError:
         return False
     return kwargs["num_context_channels"] if "num_context_channels" in kwargs else False
+
+
+def _latent_to_data(flow: Flow, z: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``flow(z)`` (with ``c`` when it takes a context). normflows' rational-quadratic spline
+    inverse asserts a non-negative discriminant, which float32 rounding can break for a point on a
+    bin edge (seen while sampling a trained d = 64 coupling flow): that layer is then evaluated
+    once more in float64 and the result cast back."""
+
+    def call(layer: Flow, zz: Tensor, cc: Tensor | None) -> tuple[Tensor, Tensor]:
+        return layer(zz, context=cc) if cc is not None and _takes_context(layer) else layer(zz)
+
+    try:
+        return call(flow, z, c)
+    except AssertionError:
+        if z.dtype == torch.float64:
+            raise
+        wide = copy.deepcopy(flow).double()
+        cc = c.double() if c is not None and c.is_floating_point() else c
+        out, ld = call(wide, z.double(), cc)
+        return out.to(z.dtype), ld.to(z.dtype)
