@@ -17,10 +17,14 @@ class _Float32Fragile(nf.flows.Flow):
 
     def forward(self, z):
         assert z.dtype == torch.float64, "negative discriminant"
-        return z * self.scale, torch.full(z.shape[:1], float(torch.log(self.scale.detach())) * z.shape[1], dtype=z.dtype)
+        return z * self.scale, torch.full(
+            z.shape[:1], float(torch.log(self.scale.detach())) * z.shape[1], dtype=z.dtype
+        )
 
     def inverse(self, x):
-        return x / self.scale, torch.full(x.shape[:1], -float(torch.log(self.scale.detach())) * x.shape[1], dtype=x.dtype)
+        return x / self.scale, torch.full(
+            x.shape[:1], -float(torch.log(self.scale.detach())) * x.shape[1], dtype=x.dtype
+        )
 
 
 def test_a_layer_that_fails_in_float32_is_sampled_in_float64():
