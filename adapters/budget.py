@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from jko_plugin._validate import choice, positive, positive_int
 
-__all__ = ["LR_SCHEDULES", "FitHistory", "TrainingBudget", "fit_budgeted", "lr_factor"]
+__all__ = [
+    "LR_SCHEDULES",
+    "FitHistory",
+    "TrainingBudget",
+    "check_validation_rows",
+    "fit_budgeted",
+    "lr_factor",
+]
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -47,6 +54,13 @@ class TrainingBudget:
 
     def done(self, step: int, elapsed: float) -> bool:
         return self.progress(step, elapsed) >= 1.0
+
+
+def check_validation_rows(x_val: Tensor, dim: int) -> None:
+    """Raise ``ValueError`` unless ``x_val`` holds at least one row of dimension ``dim``: checked
+    before training, so that a bad validation set fails at once, not at the first check."""
+    if x_val.dim() != 2 or x_val.shape[1] != dim or x_val.shape[0] == 0:
+        raise ValueError(f"x_val must have shape (m, {dim}), got {tuple(x_val.shape)}")
 
 
 def lr_factor(schedule: str, progress: float) -> float:

@@ -27,7 +27,14 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from jko_plugin.adapters.budget import LR_SCHEDULES, FitHistory, TrainingBudget, fit_budgeted, lr_factor
+from jko_plugin.adapters.budget import (
+    LR_SCHEDULES,
+    FitHistory,
+    TrainingBudget,
+    check_validation_rows,
+    fit_budgeted,
+    lr_factor,
+)
 from torch import Tensor, nn
 
 from jko_plugin._validate import check_batch, check_timestep, choice, positive_int
@@ -278,8 +285,7 @@ def fit_flow_matching(
 
     validate = None
     if x_val is not None:
-        if x_val.dim() != 2 or x_val.shape[1] != model.dim or x_val.shape[0] == 0:
-            raise ValueError(f"x_val must have shape (m, {model.dim}), got {tuple(x_val.shape)}")
+        check_validation_rows(x_val, model.dim)
         model.context_encoder.check(context_val, x_val.shape[0], "context_val")  # fails now, not later
 
         # The training loss on fixed draws, not a validation NLL (ODE solves at every check would
@@ -302,8 +308,7 @@ def validation_loss(
     coupling (an OT-CFM model is scored on the same pairs: a proxy, as its training pairs are OT
     minibatch pairings). A validation NLL would need ODE solves, too much of the budget per check.
     """
-    if x.dim() != 2 or x.shape[1] != model.dim or x.shape[0] == 0:
-        raise ValueError(f"x_val must have shape (m, {model.dim}), got {tuple(x.shape)}")
+    check_validation_rows(x, model.dim)
     p = next(model.parameters())
     x = x[:VALIDATION_ROWS].to(dtype=p.dtype, device=p.device)
     if context is not None:

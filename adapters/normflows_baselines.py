@@ -6,12 +6,15 @@ normflows method (``log_prob``, ``sample``, ``forward_kld``) works on them uncha
 
 from __future__ import annotations
 
+import math
+
 import normflows as nf
 import torch
-from jko_plugin.adapters.budget import FitHistory, TrainingBudget, fit_budgeted
+from jko_plugin.adapters.budget import FitHistory, TrainingBudget, check_validation_rows, fit_budgeted
 from torch import Tensor
 
 from jko_plugin._validate import choice, positive_int
+from jko_plugin.metrics import nll
 
 __all__ = [
     "BASELINES",
@@ -19,12 +22,8 @@ __all__ = [
     "make_baseline",
     "make_nsf",
     "make_realnvp",
-    "mean_nll",
     "sample_flow",
 ]
-
-#: Rows per ``log_prob`` call when scoring a validation set.
-NLL_CHUNK = 4096
 
 
 def make_realnvp(
@@ -115,7 +114,8 @@ def fit_maximum_likelihood(
         seed: Seeds the minibatches (initial weights are the caller's).
         log_every: Record the loss every this many steps.
         x_val: Validation rows ``(m, d)``: the state with the lowest validation NLL
-            (``mean_nll``) at 20 checks over the budget is kept (``fit_budgeted``'s ``validate``).
+            (``jko_plugin.metrics.nll``) at 20 checks over the budget is kept
+            (``fit_budgeted``'s ``validate``).
 
     Returns:
         ``FitHistory``. Steps whose loss is not finite are skipped (counted, not applied).
@@ -129,12 +129,13 @@ def fit_maximum_likelihood(
     gen = torch.Generator(device=p.device).manual_seed(seed)
     validate = None
     if x_val is not None:
-        if x_val.dim() != 2 or x_val.shape[1] != x.shape[1] or x_val.shape[0] == 0:
-            raise ValueError(f"x_val must have shape (m, {x.shape[1]}), got {tuple(x_val.shape)}")
-        x_val = x_val.to(dtype=p.dtype, device=p.device)
+        check_validation_rows(x_val, x.shape[1])
 
         def validate() -> float:
-            return mean_nll(flow, x_val)
+            try:
+                return nll(flow, x_val)
+            except ValueError:  # a density not finite on x_val: never the checkpoint kept
+                return math.inf
 
     def batch_loss() -> Tensor:
         xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen, device=p.device)]
@@ -151,14 +152,6 @@ def fit_maximum_likelihood(
         log_every=log_every,
         validate=validate,
     )
-
-
-@torch.no_grad()
-def mean_nll(flow: nf.NormalizingFlow, x: Tensor) -> float:
-    """Mean negative log-likelihood ``-flow.log_prob(x).mean()`` of ``x`` ``(m, d)``, in chunks of
-    ``NLL_CHUNK`` rows; ``nan`` or ``inf`` where the flow's density is not finite."""
-    total = sum(float(flow.log_prob(xb).sum()) for xb in x.split(NLL_CHUNK))
-    return -total / x.shape[0]
 
 
 @torch.no_grad()

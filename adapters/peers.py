@@ -22,7 +22,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from jko_plugin.adapters.budget import FitHistory, TrainingBudget, fit_budgeted
+from jko_plugin.adapters.budget import FitHistory, TrainingBudget, check_validation_rows, fit_budgeted
 from jko_plugin.adapters.flow_matching import FlowMatchingModel, validation_loss
 from torch import Tensor
 
@@ -72,8 +72,7 @@ def _budgeted(
         raise ValueError(f"x must have shape (n, {model.dim}), got {tuple(x.shape)}")
     validate = None
     if x_val is not None:
-        if x_val.dim() != 2 or x_val.shape[1] != model.dim or x_val.shape[0] == 0:
-            raise ValueError(f"x_val must have shape (m, {model.dim}), got {tuple(x_val.shape)}")
+        check_validation_rows(x_val, model.dim)
 
         # Both libraries train the linear path, so our FlowMatchingModel.loss on fixed draws is
         # their loss (up to torchcfm's OT pairing, left out: the independent pairs are a proxy);

@@ -125,6 +125,15 @@ class Method:
         """Train on ``x`` within ``budget`` (``x_val``: held-out points for diagnostics only)."""
         raise NotImplementedError
 
+    @staticmethod
+    def selection_split(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        """``(rows to train on, rows to choose on)``: every method of a run holds out the same
+        validation split of its training points (``validation_split``) and makes its choices on it
+        (a JKO row its number of steps, a peer its checkpoint), never on ``x_val``, the points the
+        row is scored on."""
+        x_fit, x_sel, _, _ = validation_split(x, seed + 1)
+        return x_fit, x_sel
+
 
 class JKOMethod(Method):
     """A JKO flow of one step kind, trained block-wise by ``JKOTrainer``.
@@ -150,9 +159,8 @@ class JKOMethod(Method):
 
         config = self.config(x.shape[1], seed)
         start = time.perf_counter()
-        # The number of steps is chosen on a validation split of the training points, never on
-        # x_val (the points the row is scored on): each prefix of a JKO flow is a model of its own.
-        x, x_sel, _, _ = validation_split(x, seed + 1)
+        # Each prefix of a JKO flow is a model of its own: the number of steps is chosen on x_sel.
+        x, x_sel = self.selection_split(x, seed)
         flow = build_flow(config, x.shape[1]).to(x.device)
         trainer = make_trainer(config, flow, x.shape[0], progress=False, device=str(x.device))
         details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
@@ -221,8 +229,8 @@ class JKOMethod(Method):
 
 
 def _selected(x_sel: Tensor, best_step: int | None, score: str) -> dict:
-    """The details of a peer's checkpoint selection: like a JKO row's number of steps, its
-    checkpoint is chosen on ``validation_split(x, seed + 1)`` (the same rows), never on ``x_val``."""
+    """The details of a peer's checkpoint selection, chosen on ``Method.selection_split``'s rows
+    as a JKO row's number of steps is."""
     return {"validation_points": int(x_sel.shape[0]), "best_step": best_step, "selection": score}
 
 
@@ -238,7 +246,7 @@ class FlowMatchingMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
-        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
+        x, x_sel = self.selection_split(x, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FlowMatchingModel(x.shape[1], path=self.path).to(x.device)
@@ -291,7 +299,7 @@ class PeerFlowMatchingMethod(Method):
         from ..adapters.flow_matching import FlowMatchingModel
 
         self.check_available()
-        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
+        x, x_sel = self.selection_split(x, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FlowMatchingModel(x.shape[1]).to(x.device)
@@ -328,7 +336,7 @@ class NormflowsMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.normflows_baselines import fit_maximum_likelihood, make_baseline, sample_flow
 
-        x, x_sel, _, _ = validation_split(x, seed + 1)  # the JKO rows' split: see _selected
+        x, x_sel = self.selection_split(x, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             flow = make_baseline(self.name, x.shape[1]).to(x.device)
