@@ -48,7 +48,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-best",
         action="store_true",
-        help="hold out 10%% of the training split and keep the steps up to the best NLL on it",
+        help="hold out 10%% of the training split; each step keeps its best iterate on it "
+        "(of 10 checks) and the flow the steps up to the best NLL on it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -15,7 +15,7 @@ import normflows as nf
 import torch
 from torch import Tensor
 
-from ._validate import choice
+from ._validate import choice, positive_int
 from .datasets.files import validation_split
 from .plotting import can_plot, plot_samples, plot_training
 from .sampling.scheduler import JKOScheduler
@@ -61,8 +61,9 @@ class RunConfig:
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
     ``context_dim`` make every step conditional (``make_flow``'s context options). With
-    ``keep_best``, a validation split of the training points is held out (``validation_split``) and
-    the flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
+    ``keep_best``, a validation split of the training points is held out (``validation_split``), each
+    step keeps the best of ``step_checks`` iterates on it (its proximal loss, ``TrainerOptions``)
+    and the flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -87,12 +88,14 @@ class RunConfig:
     num_classes: int | None = None
     context_dim: int | None = None
     keep_best: bool = False
+    step_checks: int = 10
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
         context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
+        positive_int("step_checks", self.step_checks, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
@@ -145,12 +148,14 @@ def make_trainer(
     config: RunConfig, flow: nf.NormalizingFlow, num_points: int, **options: object
 ) -> JKOTrainer:
     """The ``JKOTrainer`` of ``config`` for ``flow`` on ``num_points`` training points (the batch is
-    capped there); ``options`` add or override trainer options."""
+    capped there; within-step early stopping with ``keep_best`` only, whose ``x_val`` is a
+    validation split); ``options`` add or override trainer options."""
     settings = dict(
         iterations=config.iterations,
         batch_size=min(config.batch_size, num_points),
         lr=config.lr,
         seed=config.seed,
+        step_checks=config.step_checks if config.keep_best else 0,
     )
     settings.update(options)
     return JKOTrainer(flow, config.scheduler(), **settings)

@@ -194,10 +194,10 @@ def test_killed_mid_block_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     trainer = small_trainer(flow, [0.5, 1.0], iterations=20)
     original = StepFitter.train
 
-    def dies_in_block_two(self, step, data, h, k, iterations, num_blocks, *more):
+    def dies_in_block_two(self, step, data, h, k, iterations, num_blocks, *more, **kw):
         if k == 2:
             raise KeyboardInterrupt
-        return original(self, step, data, h, k, iterations, num_blocks, *more)
+        return original(self, step, data, h, k, iterations, num_blocks, *more, **kw)
 
     monkeypatch.setattr(StepFitter, "train", dies_in_block_two)
     with pytest.raises(KeyboardInterrupt):

@@ -2,6 +2,7 @@ r"""The comparison's methods: each trains within a budget, samples, scores log-p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +141,8 @@ class JKOMethod(Method):
 
     With a time budget the trainer first measures its own costs (``JKOTrainer.estimate_costs``)
     and a ``TimeBudget`` plan shares the time left among the blocks; with ``steps`` every block
-    takes ``steps // num_blocks``. ODE blocks are scored with the ODE's own density
+    takes ``steps // num_blocks``. The held-out ``selection_split`` chooses each step's iterate
+    (``step_checks``) and the number of steps. ODE blocks are scored with the ODE's own density
     (``ode_density``: 8 RK4 steps per block), as flow matching is scored with a fine solver.
     """
 
@@ -157,7 +159,8 @@ class JKOMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.normflows_baselines import sample_flow
 
-        config = self.config(x.shape[1], seed)
+        # keep_best: each step keeps its best iterate on x_sel (within-step early stopping).
+        config = dataclasses.replace(self.config(x.shape[1], seed), keep_best=True)
         start = time.perf_counter()
         # Each prefix of a JKO flow is a model of its own: the number of steps is chosen on x_sel.
         x, x_sel = self.selection_split(x, seed)
@@ -184,6 +187,7 @@ class JKOMethod(Method):
             validation_nll_per_block=[b.nll for b in history.blocks],
             validation_points=int(x_sel.shape[0]),
             kept_steps=kept,
+            kept_iterations_per_block=[b.kept_iteration for b in history.blocks],
         )
 
         # One model per row: NLL and samples come from one map. Blocks with an exact map density

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -30,6 +31,8 @@ class BlockRecord:
         inversion_error: Mean ``|T^{-1}(T(x)) - x|`` on held-out data.
         seconds: Wall time to train the block (pushing the data forward included).
         iterations: Training iterations the block took (0 in histories saved before this field).
+        kept_iteration: The iterations behind the weights kept: ``iterations`` unless within-step
+            early stopping (``step_checks``) kept an earlier iterate.
     """
 
     index: int
@@ -45,6 +48,40 @@ class BlockRecord:
     inversion_error: float
     seconds: float
     iterations: int = 0
+    kept_iteration: int = 0
+
+    @classmethod
+    def from_sums(
+        cls,
+        index: int,
+        step_size: float,
+        sums: Sequence[float],
+        nll: float,
+        data_entropy: float,
+        inversion_error: float,
+        seconds: float,
+        iterations: int = 0,
+        kept_iteration: int = 0,
+    ) -> BlockRecord:
+        """The record of a block from the sums ``StepFitter.diagnose`` returns (``|T|^2/2``,
+        ``-log|det|``, transport, ``|T(x)-x|^2``, ``|T(x)|^2`` and the count) and its held-out NLL."""
+        potential, neg_log_det, transport, sq_disp, sq_norm, n = (float(s) for s in sums)
+        return cls(
+            index=index,
+            step_size=step_size,
+            potential=potential / n,
+            neg_log_det=neg_log_det / n,
+            transport=transport / n,
+            loss=(potential + neg_log_det + transport) / n,
+            w2_movement=math.sqrt(sq_disp / n),
+            movement_ratio=sq_disp / max(sq_norm, 1e-300),
+            kl_estimate=nll - data_entropy,
+            nll=nll,
+            inversion_error=inversion_error,
+            seconds=seconds,
+            iterations=iterations,
+            kept_iteration=kept_iteration,
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +157,11 @@ class TrainingHistory:
         def num(v: object) -> object:
             return float("nan") if v is None else v
 
-        blocks = [BlockRecord(**{k: num(v) for k, v in b.items()}) for b in d.get("blocks", [])]
+        # Histories saved before within-step early stopping kept their last iterate.
+        blocks = [
+            BlockRecord(**{"kept_iteration": b.get("iterations", 0), **{k: num(v) for k, v in b.items()}})
+            for b in d.get("blocks", [])
+        ]
         return cls(
             blocks, float(num(d.get("data_entropy"))), bool(d.get("converged", False)), d.get("options", {})
         )

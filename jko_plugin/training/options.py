@@ -44,6 +44,7 @@ MODEL_OPTIONS = (
     "stop_early",
     "seed",
     "adapt",
+    "step_checks",
 )
 
 
@@ -80,6 +81,10 @@ class TrainerOptions:
             the steps so that each block moves the same W2 distance
             (``JKOScheduler.reparametrize``), ``"refine"`` halves every step (twice the blocks,
             ``JKOScheduler.refine``). ODE blocks only; not combined with checkpoints.
+        step_checks: Within-step early stopping: measure each step's proximal loss on ``x_val``
+            before training and this many times during it, and keep the best iterate. ``x_val``
+            must then be a validation split, never the points the model is scored on. 0: keep
+            the last iterate.
         device: Device to train on (default: where the flow's parameters are).
         chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
         eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
@@ -106,12 +111,21 @@ class TrainerOptions:
     stop_early: bool = False
     seed: int = 0
     adapt: tuple[str, ...] = ()
+    step_checks: int = 0
     device: str | None = None
     chunk_size: int = 8192
     eval_size: int = 2000
     progress: bool = True
     backend: str | None = None
     dist_timeout: float = 600.0
+
+    def model_dict(self) -> dict:
+        """The options in ``MODEL_OPTIONS`` as JSON gives them back (tuples as lists), so that the
+        options saved in a checkpoint and a live trainer's compare equal."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, getattr(self, k)) for k in MODEL_OPTIONS)
+        }
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -131,5 +145,6 @@ class TrainerOptions:
         for name in ("grad_clip", "growth"):
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
+        positive_int("step_checks", self.step_checks, minimum=0)
         if self.max_blocks is not None:
             positive_int("max_blocks", self.max_blocks)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from .budget import FixedIterations, IterationCosts, IterationPlan
 from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
 from .distributed import DistributedContext, setup, shard
 from .history import BlockRecord, StepEvent, TrainingHistory, conditional_knn_entropy, knn_entropy
-from .options import MODEL_OPTIONS, TrainerOptions
+from .options import TrainerOptions
 from .step_fit import StepFitter
 from .surgery import append_step, best_prefix, drop_steps_after, grow_to, renew_steps, warm_start
 
@@ -85,7 +84,7 @@ class JKOTrainer:
         if growth is None:
             growth = getattr(getattr(schedule, "config", None), "get", lambda *_: None)("growth") or 1.0
         self.growth = float(growth)
-        self.history = TrainingHistory(options=self._options_dict())
+        self.history = TrainingHistory(options=self.options.model_dict())
         #: This process's place in a distributed run (set by ``fit``; one process by default).
         self.distributed = DistributedContext()
 
@@ -148,7 +147,7 @@ class JKOTrainer:
         """
         opts = self.options
         plan = plan if plan is not None else FixedIterations(opts.iterations)
-        self.history = TrainingHistory(options=self._options_dict())  # a fit starts afresh (or resumes)
+        self.history = TrainingHistory(options=self.options.model_dict())  # a fit starts afresh (or resumes)
         device = torch.device(opts.device) if opts.device else next(self.flow.parameters()).device
         ctx = self.distributed = setup(backend=opts.backend, device=device, timeout=opts.dist_timeout)
         if ctx.backend == "nccl" and opts.device is None:
@@ -237,6 +236,10 @@ class JKOTrainer:
         start = time.perf_counter()
         self._fitter().diagnose(step, x, x_val, h, c, c_val)
         per_block = time.perf_counter() - start
+        if self.options.step_checks:  # within-step early stopping measures x_val checks + 1 times
+            start = time.perf_counter()
+            self._fitter().validation_loss(step, x_val, h, c_val)
+            per_block += (time.perf_counter() - start) * (self.options.step_checks + 1)
         start = time.perf_counter()
         knn_entropy(x_val) if c_val is None else conditional_knn_entropy(x_val, c_val)
         return IterationCosts(per_iteration, per_block, time.perf_counter() - start)
@@ -307,19 +310,21 @@ class JKOTrainer:
             k += 1
             h = self.schedule.step_sizes[k - 1]
             start = time.perf_counter()
-            iterations = 0
+            iterations = kept = 0
             if k > done:
                 if opts.warm_start and k > 1:
                     warm_start(layer, jko_steps(self.flow)[k - 2])
                 iterations = plan.iterations(k, self.history)
-                self._fitter().train(
-                    layer, data, h, k, iterations, self.schedule.num_blocks, on_step, **given
+                kept = self._fitter().train(
+                    layer, data, h, k, iterations, self.schedule.num_blocks, on_step, val=val, **both
                 )
             data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, **both)
             val_log_det = val_log_det + ld
             if k > done:
                 nlls = -self.flow.q0.log_prob(val) - val_log_det
-                record = self._record(k, h, sums, nlls, inv_err, time.perf_counter() - start, iterations)
+                record = self._record(
+                    k, h, sums, nlls, inv_err, time.perf_counter() - start, iterations, kept
+                )
                 self.history.blocks.append(record)
                 if ctx.is_main:
                     logger.info("block %d: %s", k, record)
@@ -339,7 +344,7 @@ class JKOTrainer:
                 self.schedule.place(jko_steps(self.flow))
 
     def _record(
-        self, k: int, h: float, sums: Tensor, nlls: Tensor, inv_err: float, seconds: float, iterations: int
+        self, k: int, h: float, sums: Tensor, nlls: Tensor, inv_err: float, seconds: float, *its: int
     ) -> BlockRecord:
         ctx = self.distributed
         if ctx.active:
@@ -352,22 +357,7 @@ class JKOTrainer:
             nll, inv_err = nll_sum / n_val, inv_sum / n_val
         else:
             nll = float(nlls.mean())
-        potential, neg_log_det, transport, sq_disp, sq_norm, n = (float(s) for s in sums)
-        return BlockRecord(
-            index=k,
-            step_size=h,
-            potential=potential / n,
-            neg_log_det=neg_log_det / n,
-            transport=transport / n,
-            loss=(potential + neg_log_det + transport) / n,
-            w2_movement=math.sqrt(sq_disp / n),
-            movement_ratio=sq_disp / max(sq_norm, 1e-300),
-            kl_estimate=nll - self.history.data_entropy,
-            nll=nll,
-            inversion_error=inv_err,
-            seconds=seconds,
-            iterations=iterations,
-        )
+        return BlockRecord.from_sums(k, h, sums, nll, self.history.data_entropy, inv_err, seconds, *its)
 
     # -- schedule adaptation and checkpoints -----------------------------------------------------
     def _adapt(self, kind: str) -> None:
@@ -381,27 +371,21 @@ class JKOTrainer:
         self.schedule.place(jko_steps(self.flow))
         self.history.blocks = []
 
-    def _options_dict(self) -> dict:
-        # As JSON would give them back (tuples become lists), so that saved and live compare equal.
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in ((k, getattr(self.options, k)) for k in MODEL_OPTIONS)
-        }
-
     def _state(self, trained: int) -> dict:
         return {
             "blocks_trained": trained,
             "num_steps": len(jko_steps(self.flow)),
             "step_sizes": list(self.schedule.step_sizes),
-            "options": self._options_dict(),
+            "options": self.options.model_dict(),
             "history": self.history.to_dict(),
         }
 
     def _restore(self, directory: Path, loaded: tuple[dict, dict] | None = None) -> int:
         meta, weights = loaded if loaded is not None else load_checkpoint(directory)
-        ours = self._options_dict()
-        if meta.get("options") != ours:
-            theirs = meta.get("options", {})
+        ours = self.options.model_dict()
+        # Options added since the checkpoint was written take their defaults there.
+        theirs = {**TrainerOptions().model_dict(), **meta.get("options", {})}
+        if theirs != ours:
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise CheckpointError(f"checkpoint in {directory} was made with other trainer options: {diff}")
         sizes = [float(h) for h in meta["step_sizes"]]

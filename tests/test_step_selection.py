@@ -1,0 +1,129 @@
+"""Within-step early stopping: each JKO step keeps its best iterate on the validation points."""
+
+import json
+
+import pytest
+import torch
+
+from jko_plugin import JKOTrainer, make_flow
+from jko_plugin.training.history import TrainingHistory
+from jko_plugin.training.options import TrainerOptions
+from jko_plugin.training.step_fit import check_iterations
+from jko_plugin.workflows import RunConfig, build_flow, make_trainer
+
+from .flowcheck import moons
+
+
+def fitter(**kw):
+    trainer = JKOTrainer(make_flow(2, 1, block="spline"), [1.0], progress=False, **kw)
+    return trainer._fitter()
+
+
+def spline_step(seed=0):
+    torch.manual_seed(seed)
+    return make_flow(2, 1, block="spline", layers=1, hidden=16).flows[0]
+
+
+def test_check_iterations():
+    assert check_iterations(100, 4) == [6, 25, 56, 100]  # 100 * (i / 4)^2, denser early
+    assert check_iterations(10, 3) == [1, 4, 10]
+    assert check_iterations(3, 10) == [1, 2, 3]
+    assert check_iterations(100, 0) == []
+    assert check_iterations(1, 1) == [1]
+
+
+def test_validation_loss_is_the_proximal_loss_on_the_points():
+    step = spline_step().double()
+    f = fitter()
+    x = moons(300, 1).double()
+    f.train(step, moons(400, 0).double(), 0.7, 1, 30, 1)  # a step that is not the identity
+    h = 0.7
+    with torch.no_grad():
+        out = step.transport(x)  # the training path: T(x) and its log-determinant
+        reference = (
+            0.5 * out.z.square().sum(-1) - out.log_det + (out.z - x).square().sum(-1) / (2 * h)
+        ).mean()
+    assert f.validation_loss(step, x, h) == pytest.approx(float(reference), rel=1e-9, abs=1e-9)
+    assert float(out.sq_displacement.mean()) > 1e-4
+
+
+def test_the_kept_iterate_is_the_best_checked_one():
+    # With a constant learning rate the first m iterations are the same whatever the total, so the
+    # iterate kept after N iterations must equal a run stopped at m, the best of the checked m.
+    x, val, h, n, checks = moons(96, 0), moons(200, 1), 0.5, 40, 4
+
+    def run(iterations, step_checks):
+        step = spline_step()
+        f = fitter(step_checks=step_checks, lr=3e-2, lr_schedule="constant", batch_size=32)
+        kept = f.train(step, x, h, 1, iterations, 1, val=val)
+        return step, kept, f.validation_loss(step, val, h)
+
+    scores = {m: run(m, 0)[2] for m in check_iterations(n, checks)}
+    scores[0] = fitter().validation_loss(spline_step(), val, h)
+    step, kept, score = run(n, checks)
+    best = min(scores, key=scores.get)
+    assert kept == best
+    assert score == pytest.approx(scores[best], rel=1e-12)
+    reference = run(best, 0)[0] if best else spline_step()
+    for k, v in step.state_dict().items():
+        assert torch.equal(v, reference.state_dict()[k]), k
+
+
+def test_a_step_that_only_gets_worse_on_validation_stays_where_it_started():
+    # Training points far from the validation points: every trained iterate scores worse there.
+    x = torch.randn(128, 2) * 0.1 + torch.tensor([3.0, -3.0])
+    val = torch.randn(200, 2)
+    step = spline_step()
+    start = {k: v.clone() for k, v in step.state_dict().items()}
+    kept = fitter(step_checks=3, lr=1e-2, batch_size=64).train(step, x, 0.5, 1, 30, 1, val=val)
+    assert kept == 0
+    for k, v in step.state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_without_checks_or_validation_points_the_last_iterate_is_kept():
+    x, val = moons(128, 0), moons(64, 1)
+    a, b = spline_step(), spline_step()
+    assert fitter(step_checks=0, batch_size=64).train(a, x, 0.5, 1, 12, 1, val=val) == 12
+    assert fitter(step_checks=5, batch_size=64).train(b, x, 0.5, 1, 12, 1) == 12
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_trainer_records_the_kept_iterate_and_history_round_trips(tmp_path):
+    x, x_val = moons(400, 0), moons(200, 1)
+    flow = make_flow(2, 2, block="spline", layers=1, hidden=16)
+    trainer = JKOTrainer(flow, [0.5, 1.0], iterations=20, batch_size=100, step_checks=4, progress=False)
+    history = trainer.fit(x, x_val, checkpoint_dir=tmp_path)
+    kept = [b.kept_iteration for b in history.blocks]
+    assert all(k in [0, *check_iterations(20, 4)] for k in kept)
+    assert TrainingHistory.from_dict(history.to_dict()).blocks == history.blocks
+    # A history saved before kept_iteration existed kept every block's last iterate.
+    old = history.to_dict()
+    for b in old["blocks"]:
+        del b["kept_iteration"]
+    assert [b.kept_iteration for b in TrainingHistory.from_dict(old).blocks] == [20, 20]
+    # ... and a checkpoint written before step_checks existed resumes with its default (0).
+    meta = json.loads((tmp_path / "trainer.json").read_text())
+    del meta["options"]["step_checks"]
+    (tmp_path / "trainer.json").write_text(json.dumps(meta))
+    again = JKOTrainer(
+        make_flow(2, 2, block="spline", layers=1, hidden=16),
+        [0.5, 1.0],
+        iterations=20,
+        batch_size=100,
+        progress=False,
+    )
+    assert len(again.fit(x, x_val, checkpoint_dir=tmp_path, resume=True).blocks) == 2
+
+
+def test_keep_best_turns_the_checks_on_and_bad_counts_are_refused():
+    config = RunConfig(block="spline", num_blocks=1)
+    flow = build_flow(config, 2)
+    assert make_trainer(config, flow, 100).options.step_checks == 0
+    chosen = RunConfig(block="spline", num_blocks=1, keep_best=True, step_checks=7)
+    assert make_trainer(chosen, flow, 100).options.step_checks == 7
+    with pytest.raises(ValueError, match="step_checks"):
+        TrainerOptions(step_checks=-1)
+    with pytest.raises(ValueError, match="step_checks"):
+        RunConfig(step_checks=1.5)
