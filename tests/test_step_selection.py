@@ -125,5 +125,7 @@ def test_keep_best_turns_the_checks_on_and_bad_counts_are_refused():
     assert make_trainer(chosen, flow, 100).options.step_checks == 7
     with pytest.raises(ValueError, match="step_checks"):
         TrainerOptions(step_checks=-1)
+    with pytest.raises(ValueError, match="pass a validation split"):
+        make_trainer(chosen, flow, 100).fit(moons(100))
     with pytest.raises(ValueError, match="step_checks"):
         RunConfig(step_checks=1.5)

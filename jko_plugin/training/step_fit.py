@@ -99,9 +99,9 @@ class StepFitter:
 
         With ``options.step_checks`` and ``val`` (the validation points pushed to this step), the
         step's proximal loss on ``val`` is measured before training and after ``step_checks``
-        iterations (``check_iterations``), and the best of these iterates is kept: a step overfits small data
-        within itself, and cutting whole steps afterwards cannot undo that. Returns the iterations
-        behind the weights kept (``iterations`` when the last iterate is kept)."""
+        iterations (``check_iterations``), and the best of these iterates is kept: a step
+        overfits small data within itself, and cutting whole steps afterwards cannot undo that.
+        Returns the iterations behind the weights kept (``iterations`` when the last is kept)."""
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
         best = (self.validation_loss(step, val, h, context_val), _copy(step), 0) if checks else None

@@ -124,7 +124,8 @@ class JKOTrainer:
 
         Args:
             x: Training data ``(n, d)``, tensor or array.
-            x_val: Held-out data for the diagnostics; default: ``eval_size`` training points.
+            x_val: Held-out data for the diagnostics (and, with ``step_checks``, the validation split
+                each step's iterate is chosen on); default: ``eval_size`` training points.
             context: For a conditional flow: labels ``(n,)`` or contexts ``(n, context_dim)``.
             context_val: The contexts of ``x_val`` (required with ``x_val`` for a conditional flow).
             checkpoint_dir: Save weights and history there after every block (atomically).
@@ -262,6 +263,8 @@ class JKOTrainer:
         if x_val is None:
             if context_val is not None:
                 raise ValueError("context_val was given without x_val")
+            if opts.step_checks:
+                raise ValueError("step_checks chooses each step's iterate on x_val: pass a validation split")
             gen = torch.Generator().manual_seed(opts.seed)
             rows = torch.randperm(x.shape[0], generator=gen)[: opts.eval_size]
             x_val, context_val = x[rows], None if context is None else context[rows]
