@@ -17,6 +17,7 @@ calibration; data standardised by a `Standardize` layer fitted on the training s
   front-odedens  front and odedens together
   checks    default with within-step early stopping (`step_checks=10`): each block keeps its best
             iterate on a selection sample of its own seed, never the validation sample reported
+  front-checks, odedens-checks, front-odedens-checks   those variants with `checks`' early stopping
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -29,6 +30,7 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-6      6 steps (the schedule reaches h = 2.7 instead of 1.4)
   spline-wide   4 steps, 128 hidden units per conditioner
   spline-checks 4 steps, within-step early stopping as `checks` (`jko-spline`'s default in compare)
+  spline-bins16-checks  spline-checks with 16 spline bins instead of 8
 
 Hyper-parameters are chosen on a validation sample (its own seed); the test NLL is reported beside
 it and never used to choose. Medians over seeds.
@@ -76,19 +78,34 @@ VARIANTS = {
         passes=1,
     ),
     "checks": dict(flow=dict(hidden=(64, 64), steps=2), trainer=dict(step_checks=10), weights=None, passes=1),
+    "front-checks": dict(
+        flow=dict(hidden=(64, 64), steps=2), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
+    ),
+    "odedens-checks": dict(
+        flow=dict(hidden=(64, 64), steps=2, density="ode"), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "front-odedens-checks": dict(
+        flow=dict(hidden=(64, 64), steps=2, density="ode"),
+        trainer=dict(step_checks=10),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
 }
 #: ``--kind spline``: the same question for spline JKO steps (``jko-spline``: 4 steps of 2
 #: autoregressive RQ-spline layers), on the 2-D jobs where it is the best JKO flow.
 SPLINE_VARIANTS = {
-    "spline": dict(num_blocks=4, flow=dict(layers=2), trainer=dict(), weights=None, passes=1),
-    "spline-front": dict(num_blocks=4, flow=dict(layers=2), trainer=dict(), weights=(3, 1, 1, 1), passes=1),
-    "spline-6": dict(num_blocks=6, flow=dict(layers=2), trainer=dict(), weights=None, passes=1),
+    "spline": dict(num_blocks=4, flow=dict(layers=2, bins=8), trainer=dict(), weights=None, passes=1),
+    "spline-front": dict(num_blocks=4, flow=dict(layers=2, bins=8), trainer=dict(), weights=(3, 1, 1, 1), passes=1),
+    "spline-6": dict(num_blocks=6, flow=dict(layers=2, bins=8), trainer=dict(), weights=None, passes=1),
     "spline-wide": dict(
-        num_blocks=4, flow=dict(layers=2, hidden=128), trainer=dict(), weights=None, passes=1
+        num_blocks=4, flow=dict(layers=2, hidden=128, bins=8), trainer=dict(), weights=None, passes=1
     ),
-    "spline-checks": dict(num_blocks=4, flow=dict(layers=2), trainer=dict(step_checks=10), weights=None, passes=1),
+    "spline-checks": dict(num_blocks=4, flow=dict(layers=2, bins=8), trainer=dict(step_checks=10), weights=None, passes=1),
+    "spline-bins16-checks": dict(
+        num_blocks=4, flow=dict(layers=2, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
 }
-BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0}
+BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0}
 KINDS = {"ode": (VARIANTS, ["moons", "gmm16"]), "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"])}
 NUM_BLOCKS = 6
 

@@ -15,7 +15,7 @@ import normflows as nf
 import torch
 from torch import Tensor
 
-from ._validate import choice, positive_int
+from ._validate import choice, positive, positive_int
 from .datasets.files import validation_split
 from .plotting import can_plot, plot_samples, plot_training
 from .sampling.scheduler import JKOScheduler
@@ -46,24 +46,28 @@ __all__ = [
 #: RK4 steps per ODE block (at least) when ``evaluate`` scores the test NLL.
 NLL_SOLVER_STEPS = 8
 #: Fallbacks of the settings a step kind does not tune (``StepKind.run_defaults``).
-_RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3}
+_RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "first_share": 1.0}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Model and training settings of ``jko-flow demo`` / ``jko-flow train``.
 
-    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations`` and ``lr`` left
-    at ``None`` take that kind's tuned values (``StepKind.run_defaults``). The fields a kind reads
+    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations``, ``lr`` and
+    ``first_share`` left at ``None`` take that kind's tuned values (``StepKind.run_defaults``);
+    ``first_share`` is block 1's share of a wall-clock budget against 1 for each other block
+    (``budget_weights``, as ``compare`` trains). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
-    spline and coupling steps: ``spline_layers``, ``spline_hidden``). Step sizes are geometric,
+    spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``,
+    by default ``default_spline_bins(dim)``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
     ``context_dim`` make every step conditional (``make_flow``'s context options). With
     ``keep_best``, a validation split of the training points is held out (``validation_split``), each
-    step keeps the best of ``step_checks`` iterates on it (its proximal loss, ``TrainerOptions``)
-    and the flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
+    step keeps the best of ``step_checks`` iterates on it (its proximal loss, ``TrainerOptions``;
+    with ``step_patience``, stopping after that many checks in a row without a better one) and the
+    flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -75,9 +79,10 @@ class RunConfig:
     hidden: tuple[int, ...] = (64, 64)
     steps: int = 2
     trace: str = "auto"
-    density: str = "auto"
+    density: str = "ode"
     spline_layers: int = 2
     spline_hidden: int = 64
+    spline_bins: int | None = None
     iterations: int | None = None
     batch_size: int = 512
     lr: float | None = None
@@ -89,6 +94,8 @@ class RunConfig:
     context_dim: int | None = None
     keep_best: bool = False
     step_checks: int = 10
+    step_patience: int = 0
+    first_share: float | None = None
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)
@@ -96,9 +103,11 @@ class RunConfig:
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
         positive_int("step_checks", self.step_checks, minimum=0)
+        positive_int("step_patience", self.step_patience, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
+        positive("first_share", self.first_share)
         object.__setattr__(self, "hidden", tuple(self.hidden))
         self.schedule  # noqa: B018 - validates num_blocks, h0 and growth
 
@@ -106,6 +115,16 @@ class RunConfig:
     def schedule(self) -> StepSchedule:
         """The geometric ``StepSchedule`` of ``num_blocks`` steps."""
         return StepSchedule.geometric(self.num_blocks, h0=self.h0, growth=self.growth)
+
+    @property
+    def budget_weights(self) -> tuple[float, ...]:
+        """Each block's share of a wall-clock budget (``TimeBudget(weights=...)``): ``first_share``
+        for block 1, 1 for the others.
+
+        >>> RunConfig(block="ode", num_blocks=3).budget_weights
+        (3.0, 1.0, 1.0)
+        """
+        return (float(self.first_share),) + (1.0,) * (self.num_blocks - 1)
 
     @property
     def step_sizes(self) -> list[float]:
@@ -148,14 +167,15 @@ def make_trainer(
     config: RunConfig, flow: nf.NormalizingFlow, num_points: int, **options: object
 ) -> JKOTrainer:
     """The ``JKOTrainer`` of ``config`` for ``flow`` on ``num_points`` training points (the batch is
-    capped there; within-step early stopping with ``keep_best`` only, whose ``x_val`` is a
-    validation split); ``options`` add or override trainer options."""
+    capped there; within-step early stopping and its patience with ``keep_best`` only, whose
+    ``x_val`` is a validation split); ``options`` add or override trainer options."""
     settings = dict(
         iterations=config.iterations,
         batch_size=min(config.batch_size, num_points),
         lr=config.lr,
         seed=config.seed,
         step_checks=config.step_checks if config.keep_best else 0,
+        step_patience=config.step_patience if config.keep_best and config.step_checks else 0,
     )
     settings.update(options)
     return JKOTrainer(flow, config.scheduler(), **settings)

@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from jko_plugin.metrics import wasserstein2
 
 NAMES = DEFAULT_METHODS.split(",")
 KEYS = ("method", "test_nll", "w2", "w2_floor", "mmd", "train_seconds", "params", "nfe", "sample_seconds")
-TIMINGS = ("train_seconds", "sample_seconds", "details")
+TIMINGS = ("train_seconds", "sample_seconds", "fast_sample_seconds", "details")
 SMALL = dict(num_train=600, num_test=200, num_samples=1000, seed=3)
 TINY = dict(num_train=300, num_test=100, num_samples=200, w2_points=100)
 
@@ -64,7 +65,7 @@ def test_reference_values(moons_run):
     for m in ("cfm", "otcfm", "realnvp", "nsf"):
         assert by[m]["train_steps"] == 12
     # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
-    # ODE blocks sample their exact map: 2 RK4 steps x 4 stages x (reverse solve, <= 2 Newton steps, log-det)
+    # ODE blocks sample with the ODE's fine solver: 8 RK4 steps x 4 stages per block.
     # A JKO row keeps the steps up to its best validation NLL (a split of its training points).
     kept = {m: by[m]["details"]["kept_steps"] for m in ("jko", "jko-spline")}
     assert 1 <= kept["jko"] <= 6 and 1 <= kept["jko-spline"] <= 4
@@ -178,21 +179,27 @@ def test_diverged_model_is_recorded_not_dropped(monkeypatch):
     assert format_table([rec]).splitlines()[2].startswith("| realnvp | - |")
 
 
-def test_ode_jko_scores_and_samples_one_map():
+def test_ode_jko_scores_and_samples_one_map(monkeypatch):
     assert METHODS["jko"].config(3, 0).trace == "exact"
     assert METHODS["jko"].config(4, 0).trace == "hutchinson"  # used where the density is the ODE's
-    # d <= 3: the exact map density; NLL and samples from the trained map, no second sampler.
-    (rec,) = compare("gmm3", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
-    assert rec["details"]["density"].startswith("exact map") and rec["fast_w2"] is None
-    assert rec["nfe"] == rec["details"]["kept_steps"] * 2 * 4 * 4
-    (again,) = compare("gmm3", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    # The ODE's density at 8 RK4 steps per block, samples from the same 8-step solver, and the
+    # 2-step trained sampler reported beside it; the trace exact up to d = 3.
+    for data, trace in (("gmm3", "exact"), ("gmm4", "hutchinson")):
+        (rec,) = compare(data, "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+        assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == trace
+        kept = rec["details"]["kept_steps"]
+        assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * 2 * 4 and rec["fast_w2"] > 0
+    (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
-    # d > 3: the ODE's density at 8 RK4 steps per block, samples from the same 8-step solver,
-    # and the 2-step trained sampler reported beside it.
-    (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
-    assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == "hutchinson"
-    kept = rec["details"]["kept_steps"]
-    assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * 2 * 4 and rec["fast_w2"] > 0
+    # An exact map density (density="map"): NLL and samples from the trained map, no second sampler.
+    from jko_plugin.compare.methods import Budget, JKOMethod
+
+    method = JKOMethod("jko-map", "ode", "ODE blocks, exact map density")
+    config = dataclasses.replace(method.config(2, 0), density="map")
+    monkeypatch.setattr(method, "config", lambda dim, seed: config)
+    model = method.train(torch.randn(300, 2), torch.randn(100, 2), Budget(steps=6), 0)
+    assert model.details["density"].startswith("exact map") and model.fast_sample is None
+    assert model.nfe == model.details["kept_steps"] * 2 * 4 * 4
 
 
 def test_seeds_give_the_median_and_spread_per_method(tmp_path):

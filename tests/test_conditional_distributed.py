@@ -26,7 +26,7 @@ def data(n, seed):
 
 def new_flow():
     torch.manual_seed(0)
-    return make_flow(2, 2, block="spline", hidden=8, num_classes=2).double()
+    return make_flow(2, 2, block="spline", hidden=8, bins=8, num_classes=2).double()
 
 
 def _worker(rank, world, port, out):

@@ -52,21 +52,36 @@ def test_the_kept_iterate_is_the_best_checked_one():
     # iterate kept after N iterations must equal a run stopped at m, the best of the checked m.
     x, val, h, n, checks = moons(96, 0), moons(200, 1), 0.5, 40, 4
 
-    def run(iterations, step_checks):
+    def run(iterations, step_checks, patience=0):
         step = spline_step()
-        f = fitter(step_checks=step_checks, lr=3e-2, lr_schedule="constant", batch_size=32)
-        kept = f.train(step, x, h, 1, iterations, 1, val=val)
-        return step, kept, f.validation_loss(step, val, h)
+        f = fitter(
+            step_checks=step_checks, step_patience=patience, lr=3e-2, lr_schedule="constant", batch_size=32
+        )
+        trained, kept = f.train(step, x, h, 1, iterations, 1, val=val)
+        return step, trained, kept, f.validation_loss(step, val, h)
 
-    scores = {m: run(m, 0)[2] for m in check_iterations(n, checks)}
+    at = check_iterations(n, checks)
+    scores = {m: run(m, 0)[3] for m in at}
     scores[0] = fitter().validation_loss(spline_step(), val, h)
-    step, kept, score = run(n, checks)
+    step, trained, kept, score = run(n, checks)
     best = min(scores, key=scores.get)
-    assert kept == best
+    assert (trained, kept) == (n, best)
     assert score == pytest.approx(scores[best], rel=1e-12)
     reference = run(best, 0)[0] if best else spline_step()
     for k, v in step.state_dict().items():
         assert torch.equal(v, reference.state_dict()[k]), k
+    # With patience p the step stops at the p-th check in a row without a better score.
+    for patience in (1, 2):
+        stop, best_so_far, worse = n, 0, 0
+        for m in at:
+            worse = 0 if scores[m] < scores[best_so_far] else worse + 1
+            best_so_far = m if scores[m] < scores[best_so_far] else best_so_far
+            if worse >= patience:
+                stop = m
+                break
+        step, trained, kept, score = run(n, checks, patience)
+        assert (trained, kept) == (stop, best_so_far)
+        assert score == pytest.approx(scores[best_so_far], rel=1e-12)
 
 
 def test_a_step_that_only_gets_worse_on_validation_stays_where_it_started():
@@ -75,8 +90,14 @@ def test_a_step_that_only_gets_worse_on_validation_stays_where_it_started():
     val = torch.randn(200, 2)
     step = spline_step()
     start = {k: v.clone() for k, v in step.state_dict().items()}
-    kept = fitter(step_checks=3, lr=1e-2, batch_size=64).train(step, x, 0.5, 1, 30, 1, val=val)
-    assert kept == 0
+    trained, kept = fitter(step_checks=3, lr=1e-2, batch_size=64).train(step, x, 0.5, 1, 30, 1, val=val)
+    assert (trained, kept) == (30, 0)
+    for k, v in step.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    # With patience 2 it stops after the second check (30 * (2/3)^2 = 13 iterations), unchanged.
+    step = spline_step()
+    f = fitter(step_checks=3, step_patience=2, lr=1e-2, batch_size=64)
+    assert f.train(step, x, 0.5, 1, 30, 1, val=val) == (13, 0)
     for k, v in step.state_dict().items():
         assert torch.equal(v, start[k]), k
 
@@ -84,8 +105,8 @@ def test_a_step_that_only_gets_worse_on_validation_stays_where_it_started():
 def test_without_checks_or_validation_points_the_last_iterate_is_kept():
     x, val = moons(128, 0), moons(64, 1)
     a, b = spline_step(), spline_step()
-    assert fitter(step_checks=0, batch_size=64).train(a, x, 0.5, 1, 12, 1, val=val) == 12
-    assert fitter(step_checks=5, batch_size=64).train(b, x, 0.5, 1, 12, 1) == 12
+    assert fitter(step_checks=0, batch_size=64).train(a, x, 0.5, 1, 12, 1, val=val) == (12, 12)
+    assert fitter(step_checks=5, step_patience=1, batch_size=64).train(b, x, 0.5, 1, 12, 1) == (12, 12)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
 
@@ -121,11 +142,36 @@ def test_keep_best_turns_the_checks_on_and_bad_counts_are_refused():
     config = RunConfig(block="spline", num_blocks=1)
     flow = build_flow(config, 2)
     assert make_trainer(config, flow, 100).options.step_checks == 0
+    assert make_trainer(config, flow, 100).options.step_patience == 0
     chosen = RunConfig(block="spline", num_blocks=1, keep_best=True, step_checks=7)
     assert make_trainer(chosen, flow, 100).options.step_checks == 7
+    assert make_trainer(chosen, flow, 100).options.step_patience == 0  # opt-in
+    patient = RunConfig(block="spline", num_blocks=1, keep_best=True, step_patience=2)
+    assert make_trainer(patient, flow, 100).options.step_patience == 2
+    unchecked = RunConfig(block="spline", num_blocks=1, keep_best=True, step_checks=0, step_patience=2)
+    assert make_trainer(unchecked, flow, 100).options.step_patience == 0
+    with pytest.raises(ValueError, match="set step_checks too"):
+        TrainerOptions(step_patience=2)
+    with pytest.raises(ValueError, match="step_patience"):
+        RunConfig(step_patience=-1)
     with pytest.raises(ValueError, match="step_checks"):
         TrainerOptions(step_checks=-1)
     with pytest.raises(ValueError, match="pass a validation split"):
         make_trainer(chosen, flow, 100).fit(moons(100))
     with pytest.raises(ValueError, match="step_checks"):
         RunConfig(step_checks=1.5)
+
+
+def test_patience_records_the_iterations_trained_and_the_budget_moves_on(tmp_path):
+    # Far-off training points: every step stops early with patience; the record says how far it got
+    # and a TimeBudget's cost per iteration is measured on those iterations, not the planned ones.
+    x = torch.randn(256, 2) * 0.1 + torch.tensor([3.0, -3.0])
+    x_val = torch.randn(200, 2)
+    flow = make_flow(2, 2, block="spline", layers=1, hidden=16)
+    options = dict(iterations=40, batch_size=64, lr=1e-2, step_checks=4, progress=False)
+    trainer = JKOTrainer(flow, [0.5, 1.0], step_patience=1, **options)
+    history = trainer.fit(x, x_val, checkpoint_dir=tmp_path)
+    assert history.blocks[0].iterations < 40
+    assert all(b.kept_iteration <= b.iterations for b in history.blocks)
+    meta = json.loads((tmp_path / "trainer.json").read_text())
+    assert meta["options"]["step_patience"] == 1

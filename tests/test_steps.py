@@ -163,3 +163,30 @@ def test_spline_steps_start_at_the_identity(make):
     from .flowcheck import jacobian_logdet
 
     torch.testing.assert_close(step.inverse(x[:4])[1], jacobian_logdet(lambda u: step.inverse(u)[0], x[:4]))
+
+
+def test_spline_bins_default_by_dimension_and_run_config():
+    from jko_plugin.steps.kinds import FINE_SPLINE_MAX_DIM, default_spline_bins
+    from jko_plugin.workflows import RunConfig, build_flow
+
+    def bins(flow):
+        return {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")}
+
+    assert bins(make_flow(FINE_SPLINE_MAX_DIM, 1, block="spline")) == {16}
+    assert bins(make_flow(FINE_SPLINE_MAX_DIM + 1, 1, block="spline")) == {8}
+    assert bins(make_flow(2, 1, block="spline", bins=5)) == {5}
+    assert bins(build_flow(RunConfig(num_blocks=1), 2)) == {default_spline_bins(2)}
+    assert bins(build_flow(RunConfig(num_blocks=1, spline_bins=12), 3)) == {12}
+    with pytest.raises(ValueError, match="bins"):
+        make_flow(2, 1, block="spline", bins=0)
+
+
+def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
+    from jko_plugin.workflows import RunConfig
+
+    ode = RunConfig(block="ode")
+    assert ode.density == "ode" and ode.budget_weights == (3.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    assert RunConfig(num_blocks=2).budget_weights == (1.0, 1.0)  # spline steps: equal shares
+    assert RunConfig(block="ode", num_blocks=2, first_share=2).budget_weights == (2.0, 1.0)
+    with pytest.raises(ValueError, match="first_share"):
+        RunConfig(first_share=0)

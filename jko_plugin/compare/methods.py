@@ -177,7 +177,9 @@ class JKOMethod(Method):
                 block_overhead_seconds=costs.per_block,
                 fit_overhead_seconds=costs.per_fit,
             )
-            plan = TimeBudget(budget.seconds, costs, config.num_blocks, start=start)
+            plan = TimeBudget(
+                budget.seconds, costs, config.num_blocks, start=start, weights=config.budget_weights
+            )
         history = trainer.fit(x, x_sel, plan=plan)
         kept = trainer.keep_best_steps()
         seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_STEP_KIND",
     "STEP_KINDS",
     "StepKind",
+    "default_spline_bins",
     "default_step_kind",
     "jko_steps",
     "make_flow",
@@ -39,12 +40,27 @@ def _reversal(dim: int) -> dict:
     }
 
 
+#: Up to this dimension a spline step's layers have 16 bins, above it 8: in 2-D the finer splines
+#: won on validation NLL at equal time (moons and checkerboard, 3 seeds; BENCHMARKS.md s.4.0).
+FINE_SPLINE_MAX_DIM = 2
+
+
+def default_spline_bins(dim: int) -> int:
+    """Bins per spline of ``make_spline_step`` when none are given: 16 up to
+    ``FINE_SPLINE_MAX_DIM``, 8 above (fewer parameters per coordinate where there are many).
+
+    >>> default_spline_bins(2), default_spline_bins(9)
+    (16, 8)
+    """
+    return 16 if dim <= FINE_SPLINE_MAX_DIM else 8
+
+
 def make_spline_step(
     dim: int,
     *,
     layers: int = 2,
     hidden: int = 64,
-    bins: int = 8,
+    bins: int | None = None,
     tail_bound: float = 5.0,
     res_blocks: int = 2,
     context_dim: int | None = None,
@@ -52,9 +68,9 @@ def make_spline_step(
     embed_dim: int | None = None,
 ) -> JKOStep:
     """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
-    with coordinate reversals between them. With ``context_dim`` or ``num_classes`` the splines'
-    conditioners see the context (their ``num_context_channels``; labels through the step's
-    embedding, ``ContextEncoder``).
+    with coordinate reversals between them (``bins``: ``default_spline_bins(dim)`` when ``None``).
+    With ``context_dim`` or ``num_classes`` the splines' conditioners see the context (their
+    ``num_context_channels``; labels through the step's embedding, ``ContextEncoder``).
 
     The step is the identity at initialisation: each spline starts as the identity and the
     reversals come in pairs. A proximal step must start where it is cheapest (no movement); a
@@ -64,6 +80,7 @@ def make_spline_step(
     6
     """
     positive_int("layers", layers)
+    bins = default_spline_bins(dim) if bins is None else positive_int("bins", bins)
     context = context_settings(context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
     specs: list[dict] = []
     for i in range(layers):
@@ -157,7 +174,7 @@ STEP_KINDS: dict[str, StepKind] = {
     "spline": StepKind(
         "spline",
         make_spline_step,
-        {"spline_layers": "layers", "spline_hidden": "hidden"},
+        {"spline_layers": "layers", "spline_hidden": "hidden", "spline_bins": "bins"},
         {"num_blocks": 4, "iterations": 600, "lr": 3e-3},
         "JKOSteps of autoregressive rational-quadratic spline layers (exact, fast to train)",
     ),
@@ -172,7 +189,8 @@ STEP_KINDS: dict[str, StepKind] = {
         "ode",
         JKOBlock,
         {"hidden": "hidden", "steps": "steps", "trace": "trace", "density": "density"},
-        {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2},
+        # Block 1 moves the data the most: 3 shares of a time budget (BENCHMARKS.md s.4.0).
+        {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "steps": 2, "first_share": 3.0},
         "JKOBlocks: continuous-time residual blocks, the flow of an MLP velocity field",
     ),
 }

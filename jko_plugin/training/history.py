@@ -30,7 +30,8 @@ class BlockRecord:
         nll: Held-out negative log-likelihood in nats of the flow cut after this block.
         inversion_error: Mean ``|T^{-1}(T(x)) - x|`` on held-out data.
         seconds: Wall time to train the block (pushing the data forward included).
-        iterations: Training iterations the block took (0 in histories saved before this field).
+        iterations: Training iterations the block took (0 in histories saved before this field;
+            fewer than planned when ``step_patience`` stopped it).
         kept_iteration: The iterations behind the weights kept: ``iterations`` unless within-step
             early stopping (``step_checks``) kept an earlier iterate.
     """

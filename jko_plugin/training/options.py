@@ -45,6 +45,7 @@ MODEL_OPTIONS = (
     "seed",
     "adapt",
     "step_checks",
+    "step_patience",
 )
 
 
@@ -85,6 +86,9 @@ class TrainerOptions:
             before training and this many times during it, and keep the best iterate. ``x_val``
             must then be a validation split, never the points the model is scored on. 0: keep
             the last iterate.
+        step_patience: With ``step_checks``: stop a step's training after this many checks in a
+            row without a better score, and give the time left to the blocks after it (under a
+            ``TimeBudget``). 0: train every planned iteration.
         device: Device to train on (default: where the flow's parameters are).
         chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
         eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
@@ -112,6 +116,7 @@ class TrainerOptions:
     seed: int = 0
     adapt: tuple[str, ...] = ()
     step_checks: int = 0
+    step_patience: int = 0
     device: str | None = None
     chunk_size: int = 8192
     eval_size: int = 2000
@@ -146,5 +151,8 @@ class TrainerOptions:
             if getattr(self, name) is not None:
                 positive(name, getattr(self, name))
         positive_int("step_checks", self.step_checks, minimum=0)
+        positive_int("step_patience", self.step_patience, minimum=0)
+        if self.step_patience and not self.step_checks:
+            raise ValueError("step_patience counts step_checks without improvement: set step_checks too")
         if self.max_blocks is not None:
             positive_int("max_blocks", self.max_blocks)

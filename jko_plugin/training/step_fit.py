@@ -92,7 +92,7 @@ class StepFitter:
         context: Tensor | None = None,
         val: Tensor | None = None,
         context_val: Tensor | None = None,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``;
         ``on_step`` gets a ``StepEvent`` after every iteration (``context``: the rows' contexts, for
         a conditional step).
@@ -101,10 +101,14 @@ class StepFitter:
         step's proximal loss on ``val`` is measured before training and after ``step_checks``
         iterations (``check_iterations``), and the best of these iterates is kept: a step
         overfits small data within itself, and cutting whole steps afterwards cannot undo that.
-        Returns the iterations behind the weights kept (``iterations`` when the last is kept)."""
+        With ``options.step_patience`` as well, training stops after that many checks in a row
+        without a better score (the time left goes to the blocks after it).
+        Returns ``(iterations trained, iterations behind the weights kept)``."""
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
         best = (self.validation_loss(step, val, h, context_val), _copy(step), 0) if checks else None
+        worse = 0  # checks in a row without a better score
+        trained = iterations
         optimizer, params = self.optimizer(step, iterations)
         # Rank 0 keeps the single-process seed; other ranks draw other batches and probes.
         seed = opts.seed * 100003 + k + 1000003 * ctx.rank
@@ -150,12 +154,17 @@ class StepFitter:
                 if it + 1 in checks:
                     score = self.validation_loss(step, val, h, context_val)
                     step.train()
+                    worse = 0 if score < best[0] else worse + 1
                     if score < best[0]:
                         best = (score, _copy(step), it + 1)
-        if best is None or best[2] == iterations:
-            return iterations
+                    # The score is summed over ranks, so every rank stops at the same iteration.
+                    if opts.step_patience and worse >= opts.step_patience:
+                        trained = it + 1
+                        break
+        if best is None or best[2] == trained:
+            return trained, trained
         step.load_state_dict(best[1])
-        return best[2]
+        return trained, best[2]
 
     @torch.no_grad()
     def validation_loss(

@@ -317,9 +317,9 @@ class JKOTrainer:
             if k > done:
                 if opts.warm_start and k > 1:
                     warm_start(layer, jko_steps(self.flow)[k - 2])
-                iterations = plan.iterations(k, self.history)
-                kept = self._fitter().train(
-                    layer, data, h, k, iterations, self.schedule.num_blocks, on_step, val=val, **both
+                planned = plan.iterations(k, self.history)
+                iterations, kept = self._fitter().train(
+                    layer, data, h, k, planned, self.schedule.num_blocks, on_step, val=val, **both
                 )
             data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, **both)
             val_log_det = val_log_det + ld
