@@ -36,7 +36,9 @@ PY
     gmm16) run gmm16 --dataset gmm16 --methods jko,jko-spline,jko-coupling,cfm --budget-seconds 120 --seeds 0,1,2 ;;
     gmm16_jko_ode) run gmm16_jko_ode --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     digits) run digits --dataset digits --methods jko-coupling,cfm,nsf --budget-seconds 120 --seeds 0 ;;  # 10 min a seed
-    rose) run rose --dataset rose --methods jko,jko-spline,cfm --budget-seconds 300 --seeds 0 ;;
+    rose) run rose --dataset rose --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
+    rose_spline16) run rose_spline16 --dataset rose --methods jko-spline --budget-seconds 300 --seeds 0 ;;
+    diabetes_jko) run diabetes_jko --dataset benchmarks/data/diabetes_raw.csv --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     checkerboard) run checkerboard --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
     curve) mkdir -p $OUT/curve; echo "== curve ($(date +%T))"
       flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods jko-spline,cfm,nsf \
