@@ -18,6 +18,7 @@ calibration; data standardised by a `Standardize` layer fitted on the training s
   checks    default with within-step early stopping (`step_checks=10`): each block keeps its best
             iterate on a selection sample of its own seed, never the validation sample reported
   front-checks, odedens-checks, front-odedens-checks   those variants with `checks`' early stopping
+  front5-checks  front-checks with 5 shares for block 1
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -80,6 +81,9 @@ VARIANTS = {
     "checks": dict(flow=dict(hidden=(64, 64), steps=2), trainer=dict(step_checks=10), weights=None, passes=1),
     "front-checks": dict(
         flow=dict(hidden=(64, 64), steps=2), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
+    ),
+    "front5-checks": dict(
+        flow=dict(hidden=(64, 64), steps=2), trainer=dict(step_checks=10), weights=(5, 1, 1, 1, 1, 1), passes=1
     ),
     "odedens-checks": dict(
         flow=dict(hidden=(64, 64), steps=2, density="ode"), trainer=dict(step_checks=10), weights=None, passes=1
