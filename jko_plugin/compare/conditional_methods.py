@@ -95,6 +95,8 @@ class ConditionalJKO(ConditionalMethod):
         if budget.steps is not None:
             plan = FixedIterations(max(1, budget.steps // config.num_blocks))
         else:
+            # Equal shares: without a validation split no step stops at its best iterate, and block 1
+            # given more time overfits small data (the reason first_share waited for step_checks).
             plan = TimeBudget(
                 budget.seconds, trainer.estimate_costs(x, x_val, **contexts), config.num_blocks, start=start
             )
