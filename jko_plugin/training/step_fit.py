@@ -154,9 +154,10 @@ class StepFitter:
                 if it + 1 in checks:
                     score = self.validation_loss(step, val, h, context_val)
                     step.train()
-                    worse = 0 if score < best[0] else worse + 1
                     if score < best[0]:
-                        best = (score, _copy(step), it + 1)
+                        best, worse = (score, _copy(step), it + 1), 0
+                    else:
+                        worse += 1
                     # The score is summed over ranks, so every rank stops at the same iteration.
                     if opts.step_patience and worse >= opts.step_patience:
                         trained = it + 1
