@@ -385,6 +385,11 @@ def test_time_budget_shares_the_time_left():
     assert plan.seconds_per_iteration(done) == pytest.approx(0.02)  # re-measured: (2.5 - 0.5) / 100
     # the plan counts the blocks it planned: the second call shares among the 3 blocks left
     assert 1 <= plan.iterations(2, done) <= (8.0 / 3 - 0.5) / 0.02
+    # a block quicker than the estimated fixed cost: half its time counts as iterations (0.3 s
+    # over 5: 0.03 s each), not 1e-6 s (which planned millions of iterations for the next block)
+    done.blocks = [BlockRecord(index=1, seconds=0.3, iterations=5, **fields)]
+    assert plan.seconds_per_iteration(done) == pytest.approx(0.03)
+    assert plan.iterations(3, done) <= 10.0 / 0.03
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
         TimeBudget(0.0, costs, 4)
 

@@ -56,7 +56,8 @@ class TimeBudget:
     blocks left, the block's fixed
     cost is taken off and the rest turned into iterations at the measured cost per iteration:
     first ``costs.per_iteration``, then the mean over the blocks trained so far, from their
-    records (``seconds`` less ``costs.per_block``, over ``iterations``). The clock starts when
+    records (``seconds`` less ``costs.per_block`` but at least half of ``seconds``, over
+    ``iterations``). The clock starts when
     the plan is made (or at ``start``, a ``time.perf_counter()`` value).
 
     With ``weights`` the time left is shared in proportion to the weights of the blocks left
@@ -100,7 +101,10 @@ class TimeBudget:
         done = [b for b in history.blocks if b.iterations > 0]
         if not done:
             return self.costs.per_iteration
-        rates = [max(b.seconds - self.costs.per_block, 1e-6) / b.iterations for b in done]
+        # At most half of a block's time counts as its fixed cost: a block quicker than the
+        # estimated fixed cost (a few iterations in a small budget) must not make iterations look
+        # free, or the next block plans millions of them.
+        rates = [max(b.seconds - self.costs.per_block, b.seconds / 2) / b.iterations for b in done]
         return sum(rates) / len(rates)
 
     def iterations(self, block: int, history: TrainingHistory) -> int:
