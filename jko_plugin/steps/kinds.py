@@ -110,6 +110,7 @@ def make_coupling_step(
     bins: int = 8,
     tail_bound: float = 5.0,
     res_blocks: int = 2,
+    mix: str = "none",
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -125,6 +126,7 @@ def make_coupling_step(
     """
     positive_int("layers", layers)
     positive_int("dim", dim, minimum=2)
+    choice("mix", mix, COUPLING_MIXES)
     context = context_settings(context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
     specs = [
         {
@@ -141,7 +143,23 @@ def make_coupling_step(
         }
         for i in range(layers)
     ]
+    if mix == "lu":
+        specs.insert(0, {"class": "IdentityInitLULinear", "kwargs": {"num_channels": dim}})
+    elif mix == "permute":
+        perm = torch.randperm(dim).tolist()
+        inverse = torch.argsort(torch.tensor(perm)).tolist()
+        specs = [_shuffle(dim, perm), *specs, _shuffle(dim, inverse)]
     return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling", **context)
+
+
+#: How a coupling step mixes coordinates that its alternating masks keep apart: ``"none"``,
+#: ``"permute"`` (the step works in a random order of the coordinates, its own for each step,
+#: undone at its end) or ``"lu"`` (an identity-initialised learned linear map first).
+COUPLING_MIXES = ("none", "permute", "lu")
+
+
+def _shuffle(dim: int, perm: list[int]) -> dict:
+    return {"class": "Permute", "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": perm}}
 
 
 def _context_channels(context: dict) -> dict:

@@ -13,7 +13,7 @@ from normflows.utils.masks import create_alternating_binary_mask
 from torch import Tensor, nn
 
 from .._validate import choice
-from .coupling import IdentityInitCoupledRQSpline
+from .coupling import IdentityInitCoupledRQSpline, IdentityInitLULinear
 from .normalize import Standardize
 
 __all__ = ["LAYER_TYPES", "LayerType", "build_layer", "describe_layer", "flow_nfe", "layer_nfe"]
@@ -178,6 +178,12 @@ LAYER_TYPES: dict[str, LayerType] = {
         nf.flows.LULinearPermute,
         lambda layer: {"num_channels": layer.linear.features},
         nf.flows.LULinearPermute,
+        _no_network,
+    ),
+    "IdentityInitLULinear": LayerType(
+        IdentityInitLULinear,
+        lambda layer: {"num_channels": layer.num_channels},
+        IdentityInitLULinear,
         _no_network,
     ),
     "Permute": LayerType(nf.flows.Permute, _describe_permute, _build_permute, _no_network),
