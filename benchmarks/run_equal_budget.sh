@@ -44,7 +44,7 @@ PY
       flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods jko-spline,cfm,nsf \
         --budgets 15 30 60 --out $OUT/curve > $OUT/curve/log.txt 2>&1; echo "   exit $?" ;;
     moons) run moons --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
-    tree) run tree --dataset tree --methods jko-spline --budget-seconds 300 --seeds 0 ;;
+    tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac
 done
