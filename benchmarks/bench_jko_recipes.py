@@ -31,13 +31,26 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-6      6 steps (the schedule reaches h = 2.7 instead of 1.4)
   spline-wide   4 steps, 128 hidden units per conditioner
   spline-checks 4 steps, within-step early stopping as `checks` (`jko-spline`'s default in compare)
-  spline-bins16-checks  spline-checks with 16 spline bins instead of 8
+  spline-bins16-checks  spline-checks with 16 spline bins instead of 8 (`jko-spline`'s default in 2-D)
+  spline-bins32-checks, spline-6-bins16-checks, spline-wide-bins16-checks   32 bins, 6 steps, or
+            128 hidden units, on rose at 300 s (`--datasets rose`)
+
+Coupling variants (`--kind coupling`, digits 120 s, d = 64; `jko-coupling`'s steps of 2 coupling
+RQ-spline layers whose alternating masks split the coordinates the same way in every layer; digits
+is a fixed set: compare's 80/20 split, then 20% of its training part for validation and 10% of the
+rest for the within-step checks):
+
+  coupling-checks          4 steps of 2 layers (`jko-coupling`'s default), within-step checks
+  coupling-permute-checks  each step in its own random order of the coordinates (`mix="permute"`)
+  coupling-lu-checks       each step starts with an identity-initialised LU linear map (`mix="lu"`)
+  coupling-4layers-checks, coupling-lu-4layers-checks   4 coupling layers per step
 
 Hyper-parameters are chosen on a validation sample (its own seed); the test NLL is reported beside
 it and never used to choose. Medians over seeds.
 
     flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --seeds 0 1 2                 # ODE blocks
     flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --kind spline --seeds 0 1 2   # spline steps
+    flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --kind coupling --seeds 0 1   # coupling steps
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from pathlib import Path
 import torch
 
 from jko_plugin import JKOTrainer, StepSchedule, TimeBudget, make_flow
-from jko_plugin.datasets import get_dataset
+from jko_plugin.datasets import get_dataset, train_test_split
 from jko_plugin.metrics import nll, wasserstein2
 from jko_plugin.steps.block import EXACT_MAP_MAX_DIM
 from jko_plugin.steps.normalize import Standardize
@@ -108,19 +121,54 @@ SPLINE_VARIANTS = {
     "spline-bins16-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
     ),
+    "spline-bins32-checks": dict(
+        num_blocks=4, flow=dict(layers=2, bins=32), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-6-bins16-checks": dict(
+        num_blocks=6, flow=dict(layers=2, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-wide-bins16-checks": dict(
+        num_blocks=4, flow=dict(layers=2, hidden=128, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
 }
-BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0}
-KINDS = {"ode": (VARIANTS, ["moons", "gmm16"]), "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"])}
+#: ``--kind coupling``: coupling spline steps (``jko-coupling``, the default kind above d = 16) on
+#: digits (d = 64), where the alternating masks split the coordinates the same way in every layer.
+_CHECKS = dict(step_checks=10)
+COUPLING_VARIANTS = {
+    "coupling-checks": dict(num_blocks=4, flow=dict(layers=2), trainer=_CHECKS, weights=None, passes=1),
+    "coupling-permute-checks": dict(
+        num_blocks=4, flow=dict(layers=2, mix="permute"), trainer=_CHECKS, weights=None, passes=1
+    ),
+    "coupling-lu-checks": dict(num_blocks=4, flow=dict(layers=2, mix="lu"), trainer=_CHECKS, weights=None, passes=1),
+    "coupling-4layers-checks": dict(num_blocks=4, flow=dict(layers=4), trainer=_CHECKS, weights=None, passes=1),
+    "coupling-lu-4layers-checks": dict(
+        num_blocks=4, flow=dict(layers=4, mix="lu"), trainer=_CHECKS, weights=None, passes=1
+    ),
+}
+BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0, "digits": 120.0}
+KINDS = {
+    "ode": (VARIANTS, ["moons", "gmm16"]),
+    "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"]),
+    "coupling": (COUPLING_VARIANTS, ["digits"]),
+}
 NUM_BLOCKS = 6
 
 
 def run(dataset: str, variant: str, seed: int, budget: float) -> dict:
     ds = get_dataset(dataset)
-    x_train = ds.sample(20000, seed=seed)
-    x_val = ds.sample(4000, seed=seed + 100)
-    x_test = ds.sample(4000, seed=seed + 1)
-    spec = {**VARIANTS, **SPLINE_VARIANTS}[variant]
-    block = "ode" if variant in VARIANTS else "spline"
+    if ds.size is None:
+        x_train = ds.sample(20000, seed=seed)
+        x_val = ds.sample(4000, seed=seed + 100)
+        x_test = ds.sample(4000, seed=seed + 1)
+    else:  # compare's 80/20 split; validation and selection points come out of its training part
+        x_train, x_test = train_test_split(ds.sample(ds.size, seed=seed), 0.2, seed=seed)
+        x_train, x_val = train_test_split(x_train, 0.2, seed=seed + 100)
+    spec = {**VARIANTS, **SPLINE_VARIANTS, **COUPLING_VARIANTS}[variant]
+    block = "ode" if variant in VARIANTS else "coupling" if variant in COUPLING_VARIANTS else "spline"
+    if ds.size is None:
+        x_sel = ds.sample(4000, seed=seed + 200)
+    else:  # as compare: 10% of the training points
+        x_train, x_sel = train_test_split(x_train, 0.1, seed=seed + 200)
     num_blocks = spec.get("num_blocks", NUM_BLOCKS)
     torch.manual_seed(seed)
     dim = x_train.shape[1]
@@ -140,7 +188,7 @@ def run(dataset: str, variant: str, seed: int, budget: float) -> dict:
         **spec["trainer"],
     )
     # With step_checks the steps choose their iterates on x_sel, so x_val stays unseen by training.
-    x_sel = ds.sample(4000, seed=seed + 200) if trainer.options.step_checks else x_val
+    x_sel = x_sel if trainer.options.step_checks else x_val
     costs = trainer.estimate_costs(x_train, x_sel)
     weights = spec["weights"] if spec["passes"] == 1 else None
     plan = TimeBudget(budget, costs, num_blocks * spec["passes"], start=start, weights=weights)
