@@ -22,7 +22,14 @@ from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from .steps.block import DENSITIES, TRACE_ESTIMATORS, JKOBlock
 from .steps.context import context_settings
-from .steps.kinds import DEFAULT_STEP_KIND, get_step_kind, jko_steps, make_flow
+from .steps.kinds import (
+    COUPLING_MIXES,
+    DEFAULT_COUPLING_MIX,
+    DEFAULT_STEP_KIND,
+    get_step_kind,
+    jko_steps,
+    make_flow,
+)
 from .steps.normalize import Standardize
 from .training.distributed import is_main_process, resolve_device
 from .training.history import BlockRecord, StepEvent, TrainingHistory
@@ -59,7 +66,8 @@ class RunConfig:
     (``budget_weights``, as ``compare`` trains). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
     spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``,
-    by default ``default_spline_bins(dim)``). Step sizes are geometric,
+    by default ``default_spline_bins(dim)``; coupling steps ``coupling_mix``, default ``DEFAULT_COUPLING_MIX``,
+    see ``make_coupling_step``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
@@ -83,6 +91,7 @@ class RunConfig:
     spline_layers: int = 2
     spline_hidden: int = 64
     spline_bins: int | None = None
+    coupling_mix: str = DEFAULT_COUPLING_MIX
     iterations: int | None = None
     batch_size: int = 512
     lr: float | None = None
@@ -102,6 +111,7 @@ class RunConfig:
         context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
+        choice("coupling_mix", self.coupling_mix, COUPLING_MIXES)
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():

@@ -120,6 +120,7 @@ def test_every_supported_layer_is_rebuilt_from_its_description(name):
         "Permute": lambda: cls(3, mode="shuffle"),
         "ActNorm": lambda: cls((3,)),
         "IdentityInitCoupledRQSpline": lambda: cls(3, 1, 8, reverse_mask=True, activation=torch.nn.ELU),
+        "IdentityInitLULinear": lambda: cls(3),
         "Standardize": lambda: cls(3, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.0, 2.0])),
         "AffineConstFlow": lambda: cls((3,), shift=False),
     }

@@ -1,5 +1,6 @@
 """The step contract, one parametrised test for every kind: JKOBlock, spline JKOStep, hand-made JKOStep."""
 
+import functools
 import json
 
 import normflows as nf
@@ -150,7 +151,9 @@ def test_flow_nfe_sums_the_layers():
         flow_nfe(flow)
 
 
-@pytest.mark.parametrize("make", [make_coupling_step, make_spline_step])
+@pytest.mark.parametrize(
+    "make", [make_coupling_step, functools.partial(make_coupling_step, mix="none"), make_spline_step]
+)
 def test_spline_steps_start_at_the_identity(make):
     step = make(DIM, hidden=8).double()
     x = torch.randn(64, DIM, dtype=torch.float64) * 2
@@ -218,6 +221,23 @@ def test_spline_bins_default_by_dimension_and_run_config():
     assert bins(build_flow(RunConfig(num_blocks=1, spline_bins=12), 3)) == {12}
     with pytest.raises(ValueError, match="bins"):
         make_flow(2, 1, block="spline", bins=0)
+
+
+def test_coupling_mix_default_and_run_config():
+    from jko_plugin.steps.coupling import IdentityInitLULinear
+    from jko_plugin.steps.kinds import DEFAULT_COUPLING_MIX
+    from jko_plugin.workflows import RunConfig, build_flow
+
+    def first_layers(flow):
+        return {type(s.flows[0]).__name__ for s in flow.flows if isinstance(s, JKOStep)}
+
+    assert DEFAULT_COUPLING_MIX == "lu" and RunConfig().coupling_mix == "lu"
+    assert isinstance(make_coupling_step(4).flows[0], IdentityInitLULinear)
+    assert first_layers(build_flow(RunConfig(block="coupling", num_blocks=2), 4)) == {"IdentityInitLULinear"}
+    plain = build_flow(RunConfig(block="coupling", num_blocks=2, coupling_mix="none"), 4)
+    assert first_layers(plain) == {"IdentityInitCoupledRQSpline"}
+    with pytest.raises(ValueError, match="coupling_mix must be one of"):
+        RunConfig(block="coupling", coupling_mix="swap")
 
 
 def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
