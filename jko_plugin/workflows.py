@@ -66,8 +66,8 @@ class RunConfig:
     (``budget_weights``, as ``compare`` trains). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
     spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``,
-    by default ``default_spline_bins(dim)``; coupling steps ``coupling_mix``, default ``DEFAULT_COUPLING_MIX``,
-    see ``make_coupling_step``). Step sizes are geometric,
+    by default ``default_spline_bins(dim)``; coupling steps ``coupling_mix``, by default
+    ``DEFAULT_COUPLING_MIX``, see ``make_coupling_step``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or

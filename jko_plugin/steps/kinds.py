@@ -168,7 +168,6 @@ def make_coupling_step(
     return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling", **context)
 
 
-
 def _shuffle(dim: int, perm: list[int]) -> dict:
     return {"class": "Permute", "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": perm}}
 
@@ -212,7 +211,8 @@ STEP_KINDS: dict[str, StepKind] = {
         make_coupling_step,
         {"spline_layers": "layers", "spline_hidden": "hidden", "coupling_mix": "mix"},
         {"num_blocks": 4, "iterations": 600, "lr": 3e-3},
-        "JKOSteps of an LU linear map and coupling RQ-spline layers (one network pass per layer either way: fast sampling)",
+        "JKOSteps of an LU linear map and coupling RQ-spline layers (one network pass per layer "
+        "either way: fast sampling)",
     ),
     "ode": StepKind(
         "ode",
