@@ -374,7 +374,11 @@ METHODS: dict[str, Method] = {
     for m in (
         JKOMethod("jko", "ode", "JKO flow of ODE blocks (6 blocks, 2 RK4 steps each)"),
         JKOMethod("jko-spline", "spline", "JKO flow of spline steps (4 steps of 2 layers)"),
-        JKOMethod("jko-coupling", "coupling", "JKO flow of coupling spline steps (4 steps of 2 layers)"),
+        JKOMethod(
+            "jko-coupling",
+            "coupling",
+            "JKO flow of coupling spline steps (4 steps: an LU map, 2 coupling layers)",
+        ),
         FlowMatchingMethod("cfm", "independent", "flow matching, linear path (I-CFM / rectified flow)"),
         FlowMatchingMethod("otcfm", "ot", "flow matching with exact minibatch OT coupling (OT-CFM)"),
         NormflowsMethod("realnvp", "normflows RealNVP, maximum likelihood"),
