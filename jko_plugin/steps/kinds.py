@@ -34,12 +34,14 @@ __all__ = [
 ]
 
 
+def _shuffle(dim: int, perm: list[int]) -> dict:
+    """The description of normflows' ``Permute`` with the fixed order ``perm``."""
+    return {"class": "Permute", "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": perm}}
+
+
 def _reversal(dim: int) -> dict:
     # Reversing the coordinates twice is the identity in any dimension, unlike normflows' "swap".
-    return {
-        "class": "Permute",
-        "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": list(range(dim))[::-1]},
-    }
+    return _shuffle(dim, list(range(dim))[::-1])
 
 
 #: Up to this dimension a spline step's layers have 16 bins, above it 8: in 2-D the finer splines
@@ -166,10 +168,6 @@ def make_coupling_step(
         inverse = torch.argsort(torch.tensor(perm)).tolist()
         specs = [_shuffle(dim, perm), *specs, _shuffle(dim, inverse)]
     return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling", **context)
-
-
-def _shuffle(dim: int, perm: list[int]) -> dict:
-    return {"class": "Permute", "kwargs": {"num_channels": dim, "mode": "shuffle", "perm": perm}}
 
 
 def _context_channels(context: dict) -> dict:
