@@ -13,6 +13,8 @@ from jko_plugin.adapters.flow_matching import FlowMatchingModel, fit_flow_matchi
 from jko_plugin import JKOFlowModel, JKOFlowPipeline, StepSchedule, make_flow, nll
 from jko_plugin.cli import main
 from jko_plugin.compare import compare_conditional
+from jko_plugin.compare.conditional_methods import CONDITIONAL_METHODS
+from jko_plugin.compare.methods import Budget
 from jko_plugin.datasets import (
     benchmark_mixture,
     conditional_log_prob,
@@ -21,7 +23,9 @@ from jko_plugin.datasets import (
     load_labelled,
     split_labels,
 )
+from jko_plugin.steps.kinds import jko_steps
 from jko_plugin.steps.normalize import Standardize
+from jko_plugin.training.surgery import best_prefix
 
 from .flowcheck import perturb
 
@@ -266,6 +270,27 @@ def test_conditional_comparison_scores_every_method(tmp_path):
         compare_conditional("moons", "nsf", steps=2)
     with pytest.raises(ValueError, match="--labels K"):
         compare_conditional(tmp_path / "x.csv", "cfm", steps=2)
+
+
+def test_conditional_methods_choose_on_training_rows_only():
+    """Steps, iterates and checkpoints are chosen on rows held out of the training pairs: the
+    held-out pairs (here NaN) play no part, and the JKO flow is cut after its best step on them."""
+    x, y = load_labelled("8gaussians", 400, seed=0)
+    x_test, y_test = load_labelled("8gaussians", 50, seed=1)
+    probe = x_test[:20]
+    for name in ("jko-spline", "cfm"):
+        method = CONDITIONAL_METHODS[name]
+        models = [
+            method.train(x, y, held_out, y_test, 8, Budget(steps=12), seed=0)
+            for held_out in (x_test, torch.full_like(x_test, float("nan")))
+        ]
+        first, second = (m.log_prob(probe, y_test[:20]) for m in models)
+        assert torch.isfinite(first).all() and torch.equal(first, second)
+        assert models[0].details["validation_points"] == 40  # 10% of the 400 training pairs
+    jko = CONDITIONAL_METHODS["jko-spline"].train(x, y, x_test, y_test, 8, Budget(steps=12), seed=0)
+    kept = jko.details["kept_steps"]
+    assert kept == best_prefix(jko.details["validation_nll_per_block"])
+    assert len(jko_steps(jko.module)) == kept <= jko.details["num_blocks"]
 
 
 def test_cli_compare_on_a_labelled_file(tmp_path, capsys):

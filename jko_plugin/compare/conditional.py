@@ -3,7 +3,10 @@ r"""The conditional comparison: methods that take class labels, scored by ``log 
 ``compare_conditional(dataset, methods, budget_seconds=S)`` trains every method of
 ``CONDITIONAL_METHODS`` (``compare.conditional_methods``) named in ``methods`` on labelled points
 ``(x, c)`` (a built-in labelled dataset, ``datasets.get_labelled``, or a file with a label
-column), each with the same budget, and scores them on the same held-out pairs:
+column), each with the same budget, and scores them on the same held-out pairs. As in
+``compare``, every method makes its choices (a JKO flow its steps and their iterates, flow matching
+its checkpoint) on the same rows held out of the training pairs (``selection_rows``), never on the
+pairs it is scored on:
 
 - ``test_nll``: the conditional NLL ``-mean log p(x | c)`` (exact change of variables; flow
   matching by its exact-divergence ODE, 64 RK4 steps), and where the dataset's conditional density

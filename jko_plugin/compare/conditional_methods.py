@@ -14,7 +14,17 @@ from .._ops import solver_nfe
 from ..steps.layers import flow_nfe
 from ..training.budget import FixedIterations, TimeBudget
 from ..workflows import build_flow, make_trainer, ode_density
-from .methods import BATCH_SIZE, FM_NLL_STEPS, FM_SAMPLE_SOLVER, FM_SAMPLE_STEPS, METHODS, PEER_LR, Budget
+from .methods import (
+    BATCH_SIZE,
+    FM_NLL_STEPS,
+    FM_SAMPLE_SOLVER,
+    FM_SAMPLE_STEPS,
+    METHODS,
+    PEER_LR,
+    Budget,
+    selection_details,
+    selection_rows,
+)
 
 __all__ = [
     "CONDITIONAL_METHODS",
@@ -65,13 +75,16 @@ class ConditionalMethod:
         budget: Budget,
         seed: int,
     ) -> ConditionalModel:
-        """Train on ``(x, labels)`` within ``budget`` (the held-out pairs for diagnostics only)."""
+        """Train on ``(x, labels)`` within ``budget``; choices (steps, checkpoints) are made on
+        ``selection_rows`` of the training pairs, never on the held-out ``(x_val, labels_val)``."""
         raise NotImplementedError
 
 
 class ConditionalJKO(ConditionalMethod):
     """The unconditional method ``METHODS[name]``'s JKO flow (same run settings), every step
-    conditional on the label (``num_classes``), trained by ``JKOTrainer.fit(x, context=labels)``."""
+    conditional on the label (``num_classes``), trained by ``JKOTrainer.fit(x, context=labels)``.
+    As in ``compare``, each step keeps its best iterate on the ``selection_rows`` held out of the
+    training pairs and the flow is cut after the step best on them."""
 
     def __init__(self, name: str) -> None:
         self.name, self.summary = name, METHODS[name].summary + ", class-conditional"
@@ -86,21 +99,28 @@ class ConditionalJKO(ConditionalMethod):
         budget: Budget,
         seed: int,
     ) -> ConditionalModel:
-        config = METHODS[self.name].config(x.shape[1], seed)
-        config = dataclasses.replace(config, num_classes=num_classes)
+        # As the unconditional row: each step keeps its best iterate on the held-out selection
+        # rows and the flow is cut after the step best on them (small classes overfit later steps).
+        config = dataclasses.replace(
+            METHODS[self.name].config(x.shape[1], seed), num_classes=num_classes, keep_best=True
+        )
         start = time.perf_counter()
+        x, x_sel, labels, labels_sel = selection_rows(x, seed, labels)
         flow = build_flow(config, x.shape[1])
         trainer = make_trainer(config, flow, x.shape[0], progress=False)
-        contexts = {"context": labels, "context_val": labels_val}
+        contexts = {"context": labels, "context_val": labels_sel}
         if budget.steps is not None:
             plan = FixedIterations(max(1, budget.steps // config.num_blocks))
         else:
-            # Equal shares: without a validation split no step stops at its best iterate, and block 1
-            # given more time overfits small data (the reason first_share waited for step_checks).
             plan = TimeBudget(
-                budget.seconds, trainer.estimate_costs(x, x_val, **contexts), config.num_blocks, start=start
+                budget.seconds,
+                trainer.estimate_costs(x, x_sel, **contexts),
+                config.num_blocks,
+                start=start,
+                weights=config.budget_weights,
             )
-        history = trainer.fit(x, x_val, plan=plan, **contexts)
+        history = trainer.fit(x, x_sel, plan=plan, **contexts)
+        kept = trainer.keep_best_steps()
         seconds = time.perf_counter() - start
         q0 = flow.q0
 
@@ -119,7 +139,10 @@ class ConditionalJKO(ConditionalMethod):
         details = {
             "num_blocks": config.num_blocks,
             "iterations_per_block": iterations,
-            "block_nll": [b.nll for b in history.blocks],
+            "validation_nll_per_block": [b.nll for b in history.blocks],
+            "validation_points": int(x_sel.shape[0]),
+            "kept_steps": kept,
+            "kept_iterations_per_block": [b.kept_iteration for b in history.blocks],
             "block_kl_estimate": [b.kl_estimate for b in history.blocks],
         }
         return ConditionalModel(flow, sample, log_prob, nfe, seconds, sum(iterations), details)
@@ -127,7 +150,8 @@ class ConditionalJKO(ConditionalMethod):
 
 class ConditionalFlowMatching(ConditionalMethod):
     """Flow matching (linear path, independent coupling) with a label-conditional velocity
-    ``v(x, sigma, c)`` (``FlowMatchingModel(num_classes=...)``), sampled with 12 RK4 steps."""
+    ``v(x, sigma, c)`` (``FlowMatchingModel(num_classes=...)``), sampled with 12 RK4 steps; the
+    checkpoint with the lowest flow-matching loss on ``selection_rows`` is kept, as ``cfm``'s."""
 
     name, summary = "cfm", "flow matching, linear path, class-conditional velocity"
 
@@ -143,6 +167,7 @@ class ConditionalFlowMatching(ConditionalMethod):
     ) -> ConditionalModel:
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
+        x, x_sel, labels, labels_sel = selection_rows(x, seed, labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = FlowMatchingModel(x.shape[1], num_classes=num_classes)
@@ -155,6 +180,8 @@ class ConditionalFlowMatching(ConditionalMethod):
             lr=PEER_LR,
             seed=seed,
             context=labels,
+            x_val=x_sel,
+            context_val=labels_sel,
         )
         return ConditionalModel(
             model,
@@ -168,6 +195,7 @@ class ConditionalFlowMatching(ConditionalMethod):
             {
                 "sample_solver": f"{FM_SAMPLE_STEPS} x {FM_SAMPLE_SOLVER}",
                 "nll_solver": f"{FM_NLL_STEPS} x rk4",
+                **selection_details(x_sel, history.best_step, "validation flow-matching loss"),
             },
         )
 

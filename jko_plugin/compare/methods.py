@@ -35,6 +35,7 @@ __all__ = [
     "NormflowsMethod",
     "PeerFlowMatchingMethod",
     "TrainedModel",
+    "selection_rows",
 ]
 
 #: Solver of flow-matching sampling: 12 RK4 steps, 48 evaluations, as many as the default JKO flow.
@@ -104,6 +105,15 @@ def _latents_to_samples(flow: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda z: flow.forward(q0.loc + torch.exp(q0.log_scale) * z)
 
 
+def selection_rows(
+    x: Tensor, seed: int, context: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(x_fit, x_sel, context_fit, context_sel)``: the rows every method of a ``compare`` run (and
+    of ``compare_conditional``, with the labels as ``context``) trains on and makes its choices on,
+    the same for every method of a seed (``validation_split`` seeded by ``seed + 1``)."""
+    return validation_split(x, seed + 1, context)
+
+
 class Method:
     """A comparison method: ``train(x, x_val, budget, seed) -> TrainedModel``, on ``x``'s device."""
 
@@ -129,10 +139,10 @@ class Method:
     @staticmethod
     def selection_split(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
         """``(rows to train on, rows to choose on)``: every method of a run holds out the same
-        validation split of its training points (``validation_split``) and makes its choices on it
+        validation split of its training points (``selection_rows``) and makes its choices on it
         (a JKO row its number of steps, a peer its checkpoint), never on ``x_val``, the points the
         row is scored on."""
-        x_fit, x_sel, _, _ = validation_split(x, seed + 1)
+        x_fit, x_sel, _, _ = selection_rows(x, seed)
         return x_fit, x_sel
 
 
@@ -234,7 +244,7 @@ class JKOMethod(Method):
         )
 
 
-def _selected(x_sel: Tensor, best_step: int | None, score: str) -> dict:
+def selection_details(x_sel: Tensor, best_step: int | None, score: str) -> dict:
     """The details of a peer's checkpoint selection, chosen on ``Method.selection_split``'s rows
     as a JKO row's number of steps is."""
     return {"validation_points": int(x_sel.shape[0]), "best_step": best_step, "selection": score}
@@ -278,7 +288,7 @@ class FlowMatchingMethod(Method):
                 "sample_solver": f"{FM_SAMPLE_STEPS} x {FM_SAMPLE_SOLVER}",
                 "nll_solver": f"{FM_NLL_STEPS} x rk4",
                 "path": self.path,
-                **_selected(x_sel, history.best_step, "validation flow-matching loss"),
+                **selection_details(x_sel, history.best_step, "validation flow-matching loss"),
             },
             velocity=model,
             generate=lambda z: model.sample(
@@ -327,7 +337,7 @@ class PeerFlowMatchingMethod(Method):
             sample = lambda n, gen: peers.flow_matching_sample(model, n, steps=FM_SAMPLE_STEPS, generator=gen)  # noqa: E731
             log_prob = lambda xb: peers.flow_matching_log_prob(model, xb, steps=FM_NLL_STEPS)  # noqa: E731
         details["nll_solver"] = f"{FM_NLL_STEPS} x rk4, exact divergence"
-        details.update(_selected(x_sel, history.best_step, "validation flow-matching loss"))
+        details.update(selection_details(x_sel, history.best_step, "validation flow-matching loss"))
         nfe = solver_nfe(FM_SAMPLE_STEPS, "rk4")
         return TrainedModel(model, sample, log_prob, nfe, history.seconds, history.steps, details)
 
@@ -363,7 +373,7 @@ class NormflowsMethod(Method):
             flow_nfe(flow),
             history.seconds,
             history.steps,
-            _selected(x_sel, history.best_step, "validation NLL"),
+            selection_details(x_sel, history.best_step, "validation NLL"),
             generate=_latents_to_samples(flow),
         )
 

@@ -44,6 +44,25 @@ def _reversal(dim: int) -> dict:
     return _shuffle(dim, list(range(dim))[::-1])
 
 
+#: How a coupling step mixes coordinates that its alternating masks keep apart: ``"none"``,
+#: ``"permute"`` (the step works in a random order of the coordinates, its own for each step,
+#: undone at its end) or ``"lu"`` (an identity-initialised learned linear map first).
+COUPLING_MIXES = ("none", "permute", "lu")
+#: ``make_coupling_step``'s and ``RunConfig``'s mix: it won on validation NLL (digits, 2 seeds).
+DEFAULT_COUPLING_MIX = "lu"
+
+
+def _mixed(specs: list[dict], dim: int, mix: str) -> list[dict]:
+    """``specs`` (a step's layers) preceded by the coordinate mixing ``mix`` (``COUPLING_MIXES``)."""
+    choice("mix", mix, COUPLING_MIXES)
+    if mix == "lu":
+        return [{"class": "IdentityInitLULinear", "kwargs": {"num_channels": dim}}, *specs]
+    if mix == "permute":
+        perm = torch.randperm(dim).tolist()
+        return [_shuffle(dim, perm), *specs, _shuffle(dim, torch.argsort(torch.tensor(perm)).tolist())]
+    return specs
+
+
 #: Up to this dimension a spline step's layers have 16 bins, above it 8: in 2-D the finer splines
 #: won on validation NLL at equal time (moons and checkerboard, 3 seeds; BENCHMARKS.md s.4.0).
 FINE_SPLINE_MAX_DIM = 2
@@ -67,6 +86,7 @@ def make_spline_step(
     bins: int | None = None,
     tail_bound: float = 5.0,
     res_blocks: int = 2,
+    mix: str = "none",
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -74,7 +94,8 @@ def make_spline_step(
     """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
     with coordinate reversals between them (``bins``: ``default_spline_bins(dim)`` when ``None``).
     With ``context_dim`` or ``num_classes`` the splines' conditioners see the context (their
-    ``num_context_channels``; labels through the step's embedding, ``ContextEncoder``).
+    ``num_context_channels``; labels through the step's embedding, ``ContextEncoder``). ``mix``
+    as in ``make_coupling_step`` (``"none"`` here: the reversals already mix the coordinates).
 
     The step is the identity at initialisation: each spline starts as the identity and the
     reversals come in pairs. A proximal step must start where it is cheapest (no movement); a
@@ -103,15 +124,7 @@ def make_spline_step(
         )
         if i < layers - 1 or layers % 2 == 0:
             specs.append(_reversal(dim))
-    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="spline", **context)
-
-
-#: How a coupling step mixes coordinates that its alternating masks keep apart: ``"none"``,
-#: ``"permute"`` (the step works in a random order of the coordinates, its own for each step,
-#: undone at its end) or ``"lu"`` (an identity-initialised learned linear map first).
-COUPLING_MIXES = ("none", "permute", "lu")
-#: ``make_coupling_step``'s and ``RunConfig``'s mix: it won on validation NLL (digits, 2 seeds).
-DEFAULT_COUPLING_MIX = "lu"
+    return JKOStep([build_layer(s) for s in _mixed(specs, dim, mix)], dim=dim, kind="spline", **context)
 
 
 def make_coupling_step(
@@ -144,7 +157,6 @@ def make_coupling_step(
     """
     positive_int("layers", layers)
     positive_int("dim", dim, minimum=2)
-    choice("mix", mix, COUPLING_MIXES)
     context = context_settings(context_dim=context_dim, num_classes=num_classes, embed_dim=embed_dim)
     specs = [
         {
@@ -161,13 +173,7 @@ def make_coupling_step(
         }
         for i in range(layers)
     ]
-    if mix == "lu":
-        specs.insert(0, {"class": "IdentityInitLULinear", "kwargs": {"num_channels": dim}})
-    elif mix == "permute":
-        perm = torch.randperm(dim).tolist()
-        inverse = torch.argsort(torch.tensor(perm)).tolist()
-        specs = [_shuffle(dim, perm), *specs, _shuffle(dim, inverse)]
-    return JKOStep([build_layer(s) for s in specs], dim=dim, kind="coupling", **context)
+    return JKOStep([build_layer(s) for s in _mixed(specs, dim, mix)], dim=dim, kind="coupling", **context)
 
 
 def _context_channels(context: dict) -> dict:
