@@ -65,9 +65,10 @@ class RunConfig:
     ``first_share`` is block 1's share of a wall-clock budget against 1 for each other block
     (``budget_weights``, as ``compare`` trains). The fields a kind reads
     are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
-    spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``,
-    by default ``default_spline_bins(dim)``; coupling steps ``coupling_mix``, by default
-    ``DEFAULT_COUPLING_MIX``, see ``make_coupling_step``). Step sizes are geometric,
+    spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``
+    and ``spline_mix``, by default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``;
+    coupling steps ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see
+    ``make_coupling_step``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
@@ -91,6 +92,7 @@ class RunConfig:
     spline_layers: int = 2
     spline_hidden: int = 64
     spline_bins: int | None = None
+    spline_mix: str | None = None
     coupling_mix: str = DEFAULT_COUPLING_MIX
     iterations: int | None = None
     batch_size: int = 512
@@ -111,7 +113,9 @@ class RunConfig:
         context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
-        choice("coupling_mix", self.coupling_mix, COUPLING_MIXES)
+        for name in ("coupling_mix", "spline_mix"):
+            if getattr(self, name) is not None:
+                choice(name, getattr(self, name), COUPLING_MIXES)
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():

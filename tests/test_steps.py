@@ -224,7 +224,7 @@ def test_spline_bins_default_by_dimension_and_run_config():
         make_flow(2, 1, block="spline", bins=0)
 
 
-def test_coupling_mix_default_and_run_config():
+def test_mix_defaults_and_run_config():
     from jko_plugin.steps.coupling import IdentityInitLULinear
     from jko_plugin.steps.kinds import DEFAULT_COUPLING_MIX
     from jko_plugin.workflows import RunConfig, build_flow
@@ -239,6 +239,17 @@ def test_coupling_mix_default_and_run_config():
     assert first_layers(plain) == {"IdentityInitCoupledRQSpline"}
     with pytest.raises(ValueError, match="coupling_mix must be one of"):
         RunConfig(block="coupling", coupling_mix="swap")
+    # spline steps: no mixing in 2-D (the recipe measured there), an LU map above
+    from jko_plugin.steps.kinds import FINE_SPLINE_MAX_DIM, default_spline_mix
+
+    autoregressive = {"AutoregressiveRationalQuadraticSpline"}
+    assert first_layers(make_flow(FINE_SPLINE_MAX_DIM, 2, block="spline", hidden=8)) == autoregressive
+    assert first_layers(make_flow(FINE_SPLINE_MAX_DIM + 1, 2, block="spline", hidden=8)) == {"IdentityInitLULinear"}
+    assert default_spline_mix(FINE_SPLINE_MAX_DIM + 1) == "lu"
+    assert first_layers(build_flow(RunConfig(num_blocks=2, spline_mix="none"), 5)) == autoregressive
+    assert first_layers(build_flow(RunConfig(num_blocks=2, spline_mix="permute"), 2)) == {"Permute"}
+    with pytest.raises(ValueError, match="spline_mix must be one of"):
+        RunConfig(spline_mix="swap")
 
 
 def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
