@@ -39,6 +39,7 @@ PY
     rose) run rose --dataset rose --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     rose_spline16) run rose_spline16 --dataset rose --methods jko-spline --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;
+    diabetes_spline) run diabetes_spline --dataset benchmarks/data/diabetes_raw.csv --methods jko-spline --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_jko) run diabetes_jko --dataset benchmarks/data/diabetes_raw.csv --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     checkerboard) run checkerboard --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
     curve) mkdir -p $OUT/curve; echo "== curve ($(date +%T))"

@@ -45,7 +45,8 @@ def _reversal(dim: int) -> dict:
     return _shuffle(dim, list(range(dim))[::-1])
 
 
-#: How a coupling step mixes coordinates that its alternating masks keep apart: ``"none"``,
+#: How a coupling step mixes coordinates that its alternating masks keep apart (and a spline step,
+#: ``make_spline_step(mix=...)``, beyond its reversals): ``"none"``,
 #: ``"permute"`` (the step works in a random order of the coordinates, its own for each step,
 #: undone at its end) or ``"lu"`` (an identity-initialised learned linear map first).
 COUPLING_MIXES = ("none", "permute", "lu")
