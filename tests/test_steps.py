@@ -244,7 +244,8 @@ def test_mix_defaults_and_run_config():
 
     autoregressive = {"AutoregressiveRationalQuadraticSpline"}
     assert first_layers(make_flow(FINE_SPLINE_MAX_DIM, 2, block="spline", hidden=8)) == autoregressive
-    assert first_layers(make_flow(FINE_SPLINE_MAX_DIM + 1, 2, block="spline", hidden=8)) == {"IdentityInitLULinear"}
+    lu = {"IdentityInitLULinear"}
+    assert first_layers(make_flow(FINE_SPLINE_MAX_DIM + 1, 2, block="spline", hidden=8)) == lu
     assert default_spline_mix(FINE_SPLINE_MAX_DIM + 1) == "lu"
     assert first_layers(build_flow(RunConfig(num_blocks=2, spline_mix="none"), 5)) == autoregressive
     assert first_layers(build_flow(RunConfig(num_blocks=2, spline_mix="permute"), 2)) == {"Permute"}
