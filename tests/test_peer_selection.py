@@ -193,8 +193,8 @@ def test_compare_peers_select_on_the_jko_rows_validation_split(monkeypatch):
     splits, fitted = [], {}
     split = methods.validation_split
 
-    def recording_split(x, seed):
-        out = split(x, seed)
+    def recording_split(x, seed, context=None):
+        out = split(x, seed, context)
         splits.append(out[1])
         return out
 
