@@ -113,9 +113,9 @@ class RunConfig:
         context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
         choice("density", self.density, DENSITIES)
-        for name in ("coupling_mix", "spline_mix"):
-            if getattr(self, name) is not None:
-                choice(name, getattr(self, name), COUPLING_MIXES)
+        choice("coupling_mix", self.coupling_mix, COUPLING_MIXES)
+        if self.spline_mix is not None:  # None: default_spline_mix(dim), known when the flow is built
+            choice("spline_mix", self.spline_mix, COUPLING_MIXES)
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():

@@ -187,11 +187,11 @@ def test_compare_peers_select_on_the_jko_rows_validation_split(monkeypatch):
     import jko_plugin.adapters.flow_matching as fm
     import jko_plugin.adapters.normflows_baselines as nb
 
-    import jko_plugin.compare.methods as methods
+    import jko_plugin.compare.selection as choosing
     from jko_plugin.compare import compare
 
     splits, fitted = [], {}
-    split = methods.validation_split
+    split = choosing.validation_split
 
     def recording_split(x, seed, context=None):
         out = split(x, seed, context)
@@ -205,7 +205,7 @@ def test_compare_peers_select_on_the_jko_rows_validation_split(monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(methods, "validation_split", recording_split)
+    monkeypatch.setattr(choosing, "validation_split", recording_split)
     monkeypatch.setattr(fm, "fit_flow_matching", recording("cfm", fm.fit_flow_matching))
     monkeypatch.setattr(nb, "fit_maximum_likelihood", recording("realnvp", nb.fit_maximum_likelihood))
     records = compare(

@@ -12,8 +12,7 @@ from torch import Tensor, nn
 
 from .._ops import solver_nfe
 from ..steps.layers import flow_nfe
-from ..training.budget import FixedIterations, TimeBudget
-from ..workflows import build_flow, make_trainer, ode_density
+from ..workflows import ode_density
 from .methods import (
     BATCH_SIZE,
     FM_NLL_STEPS,
@@ -22,9 +21,8 @@ from .methods import (
     METHODS,
     PEER_LR,
     Budget,
-    selection_details,
-    selection_rows,
 )
+from .selection import fit_selected_jko, selection_details, selection_rows
 
 __all__ = [
     "CONDITIONAL_METHODS",
@@ -101,26 +99,10 @@ class ConditionalJKO(ConditionalMethod):
     ) -> ConditionalModel:
         # As the unconditional row: each step keeps its best iterate on the held-out selection
         # rows and the flow is cut after the step best on them (small classes overfit later steps).
-        config = dataclasses.replace(
-            METHODS[self.name].config(x.shape[1], seed), num_classes=num_classes, keep_best=True
-        )
+        config = dataclasses.replace(METHODS[self.name].config(x.shape[1], seed), num_classes=num_classes)
         start = time.perf_counter()
         x, x_sel, labels, labels_sel = selection_rows(x, seed, labels)
-        flow = build_flow(config, x.shape[1])
-        trainer = make_trainer(config, flow, x.shape[0], progress=False)
-        contexts = {"context": labels, "context_val": labels_sel}
-        if budget.steps is not None:
-            plan = FixedIterations(max(1, budget.steps // config.num_blocks))
-        else:
-            plan = TimeBudget(
-                budget.seconds,
-                trainer.estimate_costs(x, x_sel, **contexts),
-                config.num_blocks,
-                start=start,
-                weights=config.budget_weights,
-            )
-        history = trainer.fit(x, x_sel, plan=plan, **contexts)
-        kept = trainer.keep_best_steps()
+        flow, history, details = fit_selected_jko(config, x, x_sel, budget, start, labels, labels_sel)
         seconds = time.perf_counter() - start
         q0 = flow.q0
 
@@ -135,17 +117,10 @@ class ConditionalJKO(ConditionalMethod):
 
         with ode_density(flow):
             nfe = flow_nfe(flow)
-        iterations = [b.iterations for b in history.blocks]
-        details = {
-            "num_blocks": config.num_blocks,
-            "iterations_per_block": iterations,
-            "validation_nll_per_block": [b.nll for b in history.blocks],
-            "validation_points": int(x_sel.shape[0]),
-            "kept_steps": kept,
-            "kept_iterations_per_block": [b.kept_iteration for b in history.blocks],
-            "block_kl_estimate": [b.kl_estimate for b in history.blocks],
-        }
-        return ConditionalModel(flow, sample, log_prob, nfe, seconds, sum(iterations), details)
+        details["block_kl_estimate"] = [b.kl_estimate for b in history.blocks]
+        return ConditionalModel(
+            flow, sample, log_prob, nfe, seconds, sum(details["iterations_per_block"]), details
+        )
 
 
 class ConditionalFlowMatching(ConditionalMethod):

@@ -2,7 +2,6 @@ r"""The comparison's methods: each trains within a budget, samples, scores log-p
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,18 +11,15 @@ from torch import Tensor, nn
 
 from .._ops import solver_nfe
 from .._validate import positive, positive_int
-from ..datasets.files import validation_split
 from ..steps.block import JKOBlock
 from ..steps.layers import flow_nfe
-from ..training.budget import FixedIterations, TimeBudget
 from ..workflows import (
     NLL_SOLVER_STEPS,
     RunConfig,
-    build_flow,
     default_config,
-    make_trainer,
     ode_density,
 )
+from .selection import fit_selected_jko, selection_details, selection_rows
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -35,7 +31,6 @@ __all__ = [
     "NormflowsMethod",
     "PeerFlowMatchingMethod",
     "TrainedModel",
-    "selection_rows",
 ]
 
 #: Solver of flow-matching sampling: 12 RK4 steps, 48 evaluations, as many as the default JKO flow.
@@ -105,15 +100,6 @@ def _latents_to_samples(flow: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda z: flow.forward(q0.loc + torch.exp(q0.log_scale) * z)
 
 
-def selection_rows(
-    x: Tensor, seed: int, context: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """``(x_fit, x_sel, context_fit, context_sel)``: the rows every method of a ``compare`` run (and
-    of ``compare_conditional``, with the labels as ``context``) trains on and makes its choices on,
-    the same for every method of a seed (``validation_split`` seeded by ``seed + 1``)."""
-    return validation_split(x, seed + 1, context)
-
-
 class Method:
     """A comparison method: ``train(x, x_val, budget, seed) -> TrainedModel``, on ``x``'s device."""
 
@@ -169,38 +155,12 @@ class JKOMethod(Method):
     def train(self, x: Tensor, x_val: Tensor, budget: Budget, seed: int) -> TrainedModel:
         from ..adapters.normflows_baselines import sample_flow
 
-        # keep_best: each step keeps its best iterate on x_sel (within-step early stopping).
-        config = dataclasses.replace(self.config(x.shape[1], seed), keep_best=True)
         start = time.perf_counter()
         # Each prefix of a JKO flow is a model of its own: the number of steps is chosen on x_sel.
         x, x_sel = self.selection_split(x, seed)
-        flow = build_flow(config, x.shape[1]).to(x.device)
-        trainer = make_trainer(config, flow, x.shape[0], progress=False, device=str(x.device))
-        details: dict = {"num_blocks": config.num_blocks, "step_sizes": config.step_sizes}
-        if budget.steps is not None:
-            plan = FixedIterations(max(1, budget.steps // config.num_blocks))
-        else:
-            costs = trainer.estimate_costs(x, x_sel)
-            details.update(
-                calibration_seconds=time.perf_counter() - start,
-                calibrated_seconds_per_iteration=costs.per_iteration,
-                block_overhead_seconds=costs.per_block,
-                fit_overhead_seconds=costs.per_fit,
-            )
-            plan = TimeBudget(
-                budget.seconds, costs, config.num_blocks, start=start, weights=config.budget_weights
-            )
-        history = trainer.fit(x, x_sel, plan=plan)
-        kept = trainer.keep_best_steps()
+        config = self.config(x.shape[1], seed)
+        flow, _, details = fit_selected_jko(config, x, x_sel, budget, start)
         seconds = time.perf_counter() - start
-        iterations = [b.iterations for b in history.blocks]
-        details.update(
-            iterations_per_block=iterations,
-            validation_nll_per_block=[b.nll for b in history.blocks],
-            validation_points=int(x_sel.shape[0]),
-            kept_steps=kept,
-            kept_iterations_per_block=[b.kept_iteration for b in history.blocks],
-        )
 
         # One model per row: NLL and samples come from one map. Blocks with an exact map density
         # are scored and sampled as trained; ODE-density blocks are scored with the ODE's fine
@@ -235,19 +195,13 @@ class JKOMethod(Method):
             log_prob,
             nfe,
             seconds,
-            sum(iterations),
+            sum(details["iterations_per_block"]),
             details,
             fast_sample=None if nfe == fast_nfe else lambda n, gen: sample_flow(flow, n, generator=gen),
             fast_nfe=None if nfe == fast_nfe else fast_nfe,
             velocity=flow if config.block == "ode" else None,
             generate=_latents_to_samples(flow),
         )
-
-
-def selection_details(x_sel: Tensor, best_step: int | None, score: str) -> dict:
-    """The details of a peer's checkpoint selection, chosen on ``Method.selection_split``'s rows
-    as a JKO row's number of steps is."""
-    return {"validation_points": int(x_sel.shape[0]), "best_step": best_step, "selection": score}
 
 
 class FlowMatchingMethod(Method):
