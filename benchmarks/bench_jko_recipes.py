@@ -19,8 +19,8 @@ calibration; data standardised by a `Standardize` layer fitted on the training s
             iterate on a selection sample of its own seed, never the validation sample reported
   front-checks, odedens-checks, front-odedens-checks   those variants with `checks`' early stopping
   front5-checks  front-checks with 5 shares for block 1
-  warm-front-checks, iflow-front-checks   front-checks with each block warm-started from the
-            previous one, and with JKO-iFlow's whole recipe (gmm16, `--variants`)
+  iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
+            steps and warm starts; gmm16, `--variants`)
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -111,12 +111,6 @@ VARIANTS = {
         weights=(3, 1, 1, 1, 1, 1),
         passes=1,
     ),
-    "warm-front-checks": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, warm_start=True),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
     "iflow-front-checks": dict(
         flow=dict(hidden=(128, 128, 128), steps=3, activation="softplus", time_dependent=False),
         trainer=dict(step_checks=10, warm_start=True),
@@ -179,15 +173,13 @@ def run(dataset: str, variant: str, seed: int, budget: float) -> dict:
         x_train = ds.sample(20000, seed=seed)
         x_val = ds.sample(4000, seed=seed + 100)
         x_test = ds.sample(4000, seed=seed + 1)
-    else:  # compare's 80/20 split; validation and selection points come out of its training part
+        x_sel = ds.sample(4000, seed=seed + 200)
+    else:  # compare's 80/20 split; validation and selection (10%, as compare) points from its training part
         x_train, x_test = train_test_split(ds.sample(ds.size, seed=seed), 0.2, seed=seed)
         x_train, x_val = train_test_split(x_train, 0.2, seed=seed + 100)
+        x_train, x_sel = train_test_split(x_train, 0.1, seed=seed + 200)
     spec = {**VARIANTS, **SPLINE_VARIANTS, **COUPLING_VARIANTS}[variant]
     block = "ode" if variant in VARIANTS else "coupling" if variant in COUPLING_VARIANTS else "spline"
-    if ds.size is None:
-        x_sel = ds.sample(4000, seed=seed + 200)
-    else:  # as compare: 10% of the training points
-        x_train, x_sel = train_test_split(x_train, 0.1, seed=seed + 200)
     num_blocks = spec.get("num_blocks", NUM_BLOCKS)
     torch.manual_seed(seed)
     dim = x_train.shape[1]
