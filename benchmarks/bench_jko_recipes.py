@@ -19,6 +19,9 @@ calibration; data standardised by a `Standardize` layer fitted on the training s
             iterate on a selection sample of its own seed, never the validation sample reported
   front-checks, odedens-checks, front-odedens-checks   those variants with `checks`' early stopping
   front5-checks  front-checks with 5 shares for block 1
+  front-checks-rk1, front-checks-wide, front-checks-4   front-checks with 1 RK4 step per block in
+            training (half the cost of an iteration), a 128 x 128 MLP, or 4 blocks (3, 1, 1, 1
+            shares) instead of 6 (gmm16, `--variants`)
   iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
             steps and warm starts; gmm16, `--variants`)
 
@@ -36,6 +39,7 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-bins16-checks  spline-checks with 16 spline bins instead of 8 (`jko-spline`'s default in 2-D)
   spline-bins32-checks, spline-6-bins16-checks, spline-wide-bins16-checks   32 bins, 6 steps, or
             128 hidden units, on rose at 300 s (`--datasets rose`)
+  spline-bins64-checks  64 bins, on rose and tree at 300 s (`--datasets rose tree`)
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
             (`mix="lu"`, as the coupling steps), on gmm16 at 120 s (`--datasets gmm16`)
 
@@ -111,6 +115,19 @@ VARIANTS = {
         weights=(3, 1, 1, 1, 1, 1),
         passes=1,
     ),
+    "front-checks-rk1": dict(
+        flow=dict(hidden=(64, 64), steps=1), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
+    ),
+    "front-checks-wide": dict(
+        flow=dict(hidden=(128, 128), steps=2), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
+    ),
+    "front-checks-4": dict(
+        num_blocks=4,
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
     "iflow-front-checks": dict(
         flow=dict(hidden=(128, 128, 128), steps=3, activation="softplus", time_dependent=False),
         trainer=dict(step_checks=10, warm_start=True),
@@ -133,6 +150,9 @@ SPLINE_VARIANTS = {
     ),
     "spline-bins32-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=32), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-bins64-checks": dict(
+        num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=None, passes=1
     ),
     "spline-6-bins16-checks": dict(
         num_blocks=6, flow=dict(layers=2, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
@@ -158,7 +178,7 @@ COUPLING_VARIANTS = {
         num_blocks=4, flow=dict(layers=4, mix="lu"), trainer=_CHECKS, weights=None, passes=1
     ),
 }
-BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0, "digits": 120.0}
+BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0, "tree": 300.0, "digits": 120.0}
 KINDS = {
     "ode": (VARIANTS, ["moons", "gmm16"]),
     "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"]),
