@@ -32,6 +32,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--growth", type=float, default=None, help="ratio h_{k+1} / h_k")
     p.add_argument("--solver-steps", type=int, default=None, help="RK4 steps per ODE block")
     p.add_argument(
+        "--spline-bins",
+        type=int,
+        default=None,
+        help="bins per spline of spline steps (default: 16 in d <= 2, 8 above); "
+        "64 trained detailed 2-D pictures better in minutes (BENCHMARKS.md s.4.0)",
+    )
+    p.add_argument(
         "--trace",
         choices=["auto", "exact", "hutchinson"],
         default=None,
@@ -82,6 +89,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "h0": "h0",
         "growth": "growth",
         "solver_steps": "steps",
+        "spline_bins": "spline_bins",
         "trace": "trace",
     }
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}

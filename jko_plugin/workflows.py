@@ -116,6 +116,8 @@ class RunConfig:
         choice("coupling_mix", self.coupling_mix, COUPLING_MIXES)
         if self.spline_mix is not None:  # None: default_spline_mix(dim), known when the flow is built
             choice("spline_mix", self.spline_mix, COUPLING_MIXES)
+        if self.spline_bins is not None:  # None: default_spline_bins(dim)
+            positive_int("spline_bins", self.spline_bins)
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
         for name, fallback in _RUN_DEFAULTS.items():

@@ -141,3 +141,18 @@ def test_trace_option_reaches_the_config():
     assert default_config("ode", **_overrides(args)).trace == "hutchinson"
     with pytest.raises(ValueError, match="trace must be one of"):
         RunConfig(trace="approx")
+
+
+def test_spline_bins_option_reaches_the_flow_and_a_bad_count_is_one_line(tmp_path, capsys):
+    from jko_plugin.cli import _overrides, build_parser
+    from jko_plugin.workflows import build_flow, default_config
+
+    args = build_parser().parse_args(["train", "--data", "x.npy", "--out", "o", "--spline-bins", "32"])
+    flow = build_flow(default_config("spline", **_overrides(args)), 2)
+    assert {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")} == {32}
+    np.save(tmp_path / "pts.npy", two_moons(200, seed=0).numpy())
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(out), "--spline-bins", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "spline_bins" in err and len(err.splitlines()) == 1
+    assert not (out / "model").exists()

@@ -126,8 +126,8 @@ def test_time_budget_is_respected(tmp_path):
 def test_unknown_method_or_dataset():
     with pytest.raises(
         ValueError,
-        match=r"methods must be among \['jko', 'jko-spline', 'jko-coupling', 'cfm', 'otcfm', 'realnvp', "
-        r"'nsf', .*got 'glow'",
+        match=r"methods must be among \['jko', 'jko-spline', 'jko-coupling', 'jko-spline-64', 'cfm', "
+        r"'otcfm', 'realnvp', 'nsf', .*got 'glow'",
     ):
         compare("moons", "jko,glow", steps=1)
     with pytest.raises(ValueError, match=r"dataset must be one of .*'moons'.*got 'mnist'"):
@@ -269,3 +269,15 @@ def test_an_unconverged_w2_is_one_note_in_the_record_not_the_solvers_warning(mon
     assert len(rec["warnings"]) == 2  # the method's W2 and the floor, each with the exact figure
     assert rec["warnings"][0].startswith("cfm's W2") and "exact W2 of these points" in rec["warnings"][0]
     assert rec["warnings"][1].startswith("the data-vs-data W2 floor")
+
+
+def test_finer_spline_method_is_the_spline_row_with_64_bins():
+    from jko_plugin.workflows import build_flow
+
+    def bins(config):
+        return {f.mprqat.num_bins for f in build_flow(config, 2).modules() if hasattr(f, "mprqat")}
+
+    fine, plain = METHODS["jko-spline-64"].config(2, 3), METHODS["jko-spline"].config(2, 3)
+    assert bins(fine) == {64} and bins(plain) == {16}
+    assert dataclasses.replace(fine, spline_bins=None) == plain
+    assert "jko-spline-64" not in DEFAULT_METHODS.split(",")

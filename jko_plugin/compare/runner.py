@@ -6,13 +6,14 @@ held-out points with the same metrics, and writes ``table.md``, ``results.json``
 ``samples.png``. The command line ``jko-flow compare`` is ``compare.cli``.
 
 Methods are the registry ``METHODS`` (``compare.methods``): ``jko`` (ODE blocks), ``jko-spline``,
-``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` (the default list); opt-in: ``jko-coupling``, the
-other Gaussian interpolants ``trig``, ``vp`` and ``vp-linear``, and the real peers ``torchcfm``,
-``torchcfm-ot`` and ``flow_matching`` when installed (``adapters.peers``); each trains within the
-budget, samples, scores its log-density and counts its NFE. Budgets: with ``budget_seconds``
-every method trains until its clock runs out (a JKO flow through the trainer's ``TimeBudget``
-plan, calibration included in ``train_seconds``); with ``steps`` every method takes that many
-gradient steps (a JKO flow ``steps // num_blocks`` per block).
+``cfm``, ``otcfm``, ``realnvp`` and ``nsf`` (the default list); opt-in: ``jko-coupling``,
+``jko-spline-64`` (64 bins per spline), the other Gaussian interpolants ``trig``, ``vp`` and
+``vp-linear``, and the real peers ``torchcfm``, ``torchcfm-ot`` and ``flow_matching`` when
+installed (``adapters.peers``); each trains within the budget, samples, scores its log-density
+and counts its NFE. Budgets: with ``budget_seconds`` every method trains until its clock runs out
+(a JKO flow through the trainer's ``TimeBudget`` plan, calibration included in
+``train_seconds``); with ``steps`` every method takes that many gradient steps (a JKO flow
+``steps // num_blocks`` per block).
 
 Metrics, all on the same held-out points: ``test_nll`` (exact: change of variables, or the
 exact-divergence ODE for flow matching with 64 RK4 steps); ``w2`` from ``n`` model samples to

@@ -67,6 +67,8 @@ def _mixed(specs: list[dict], dim: int, mix: str) -> list[dict]:
 
 #: Up to this dimension a spline step's layers have 16 bins, above it 8: in 2-D the finer splines
 #: won on validation NLL at equal time (moons and checkerboard, 3 seeds; BENCHMARKS.md s.4.0).
+#: 64 bins won on the detailed rose and tree pictures at 300 s and lost on moons and checkerboard
+#: at 30-60 s, so they are asked for (``spline_bins=64``, ``compare``'s ``jko-spline-64``).
 FINE_SPLINE_MAX_DIM = 2
 
 
