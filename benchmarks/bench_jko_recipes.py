@@ -39,7 +39,8 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-bins16-checks  spline-checks with 16 spline bins instead of 8 (`jko-spline`'s default in 2-D)
   spline-bins32-checks, spline-6-bins16-checks, spline-wide-bins16-checks   32 bins, 6 steps, or
             128 hidden units, on rose at 300 s (`--datasets rose`)
-  spline-bins64-checks  64 bins, on rose and tree at 300 s (`--datasets rose tree`)
+  spline-bins64-checks  64 bins, on rose and tree at 300 s (`--datasets rose tree`) and on the
+            default sets
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
             (`mix="lu"`, as the coupling steps), on gmm16 at 120 s (`--datasets gmm16`)
 

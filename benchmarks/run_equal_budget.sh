@@ -38,6 +38,8 @@ PY
     digits) run digits --dataset digits --methods jko-coupling,cfm,nsf --budget-seconds 120 --seeds 0,1,2 ;;  # 10 min a seed
     rose) run rose --dataset rose --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     rose_spline16) run rose_spline16 --dataset rose --methods jko-spline --budget-seconds 300 --seeds 0 ;;
+    rose_spline64) run rose_spline64 --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
+    tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_spline) run diabetes_spline --dataset benchmarks/data/diabetes_raw.csv --methods jko-spline --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_jko) run diabetes_jko --dataset benchmarks/data/diabetes_raw.csv --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
