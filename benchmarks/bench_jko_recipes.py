@@ -41,6 +41,8 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
             128 hidden units, on rose at 300 s (`--datasets rose`)
   spline-bins64-checks  64 bins, on rose and tree at 300 s (`--datasets rose tree`) and on the
             default sets
+  spline-bins64-front-checks  64 bins, step 1 with 3 shares of the budget (rose and tree, where
+            steps 3-4 of the 64-bin compare rows went unused)
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
             (`mix="lu"`, as the coupling steps), on gmm16 at 120 s (`--datasets gmm16`)
 
@@ -154,6 +156,9 @@ SPLINE_VARIANTS = {
     ),
     "spline-bins64-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-bins64-front-checks": dict(
+        num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(3, 1, 1, 1), passes=1
     ),
     "spline-6-bins16-checks": dict(
         num_blocks=6, flow=dict(layers=2, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
