@@ -46,3 +46,8 @@ def perturb(module: torch.nn.Module, scale: float = 0.5) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn_like(p) * scale / max(1, p.shape[-1]) ** 0.5)
+
+
+def spline_bins(flow: torch.nn.Module) -> set[int]:
+    """The bin counts of every autoregressive RQ-spline layer in ``flow``."""
+    return {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")}

@@ -8,6 +8,8 @@ import pytest
 from jko_plugin.cli import main
 from jko_plugin.datasets import two_moons
 
+from .flowcheck import spline_bins
+
 
 def test_demo_writes_figure_metrics_and_model(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -149,7 +151,7 @@ def test_spline_bins_option_reaches_the_flow_and_a_bad_count_is_one_line(tmp_pat
 
     args = build_parser().parse_args(["train", "--data", "x.npy", "--out", "o", "--spline-bins", "32"])
     flow = build_flow(default_config("spline", **_overrides(args)), 2)
-    assert {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")} == {32}
+    assert spline_bins(flow) == {32}
     np.save(tmp_path / "pts.npy", two_moons(200, seed=0).numpy())
     out = tmp_path / "run"
     code = main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(out), "--spline-bins", "0"])

@@ -10,6 +10,8 @@ from jko_plugin.compare import DEFAULT_METHODS, METHODS, add_arguments, compare,
 from jko_plugin.datasets import get_dataset
 from jko_plugin.metrics import wasserstein2
 
+from .flowcheck import spline_bins
+
 NAMES = DEFAULT_METHODS.split(",")
 KEYS = ("method", "test_nll", "w2", "w2_floor", "mmd", "train_seconds", "params", "nfe", "sample_seconds")
 TIMINGS = ("train_seconds", "sample_seconds", "fast_sample_seconds", "details")
@@ -274,10 +276,7 @@ def test_an_unconverged_w2_is_one_note_in_the_record_not_the_solvers_warning(mon
 def test_finer_spline_method_is_the_spline_row_with_64_bins():
     from jko_plugin.workflows import build_flow
 
-    def bins(config):
-        return {f.mprqat.num_bins for f in build_flow(config, 2).modules() if hasattr(f, "mprqat")}
-
     fine, plain = METHODS["jko-spline-64"].config(2, 3), METHODS["jko-spline"].config(2, 3)
-    assert bins(fine) == {64} and bins(plain) == {16}
+    assert spline_bins(build_flow(fine, 2)) == {64} and spline_bins(build_flow(plain, 2)) == {16}
     assert dataclasses.replace(fine, spline_bins=None) == plain
     assert "jko-spline-64" not in DEFAULT_METHODS.split(",")

@@ -12,7 +12,7 @@ from jko_plugin.steps import flow_nfe
 from jko_plugin.steps.kinds import make_coupling_step, make_spline_step
 from jko_plugin.steps.layers import layer_nfe
 
-from .flowcheck import check_flow, perturb
+from .flowcheck import check_flow, perturb, spline_bins
 
 DIM = 3
 
@@ -212,14 +212,11 @@ def test_spline_bins_default_by_dimension_and_run_config():
     from jko_plugin.steps.kinds import FINE_SPLINE_MAX_DIM, default_spline_bins
     from jko_plugin.workflows import RunConfig, build_flow
 
-    def bins(flow):
-        return {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")}
-
-    assert bins(make_flow(FINE_SPLINE_MAX_DIM, 1, block="spline")) == {16}
-    assert bins(make_flow(FINE_SPLINE_MAX_DIM + 1, 1, block="spline")) == {8}
-    assert bins(make_flow(2, 1, block="spline", bins=5)) == {5}
-    assert bins(build_flow(RunConfig(num_blocks=1), 2)) == {default_spline_bins(2)}
-    assert bins(build_flow(RunConfig(num_blocks=1, spline_bins=12), 3)) == {12}
+    assert spline_bins(make_flow(FINE_SPLINE_MAX_DIM, 1, block="spline")) == {16}
+    assert spline_bins(make_flow(FINE_SPLINE_MAX_DIM + 1, 1, block="spline")) == {8}
+    assert spline_bins(make_flow(2, 1, block="spline", bins=5)) == {5}
+    assert spline_bins(build_flow(RunConfig(num_blocks=1), 2)) == {default_spline_bins(2)}
+    assert spline_bins(build_flow(RunConfig(num_blocks=1, spline_bins=12), 3)) == {12}
     with pytest.raises(ValueError, match="bins"):
         make_flow(2, 1, block="spline", bins=0)
 
