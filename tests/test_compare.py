@@ -280,3 +280,25 @@ def test_finer_spline_method_is_the_spline_row_with_64_bins():
     assert spline_bins(build_flow(fine, 2)) == {64} and spline_bins(build_flow(plain, 2)) == {16}
     assert dataclasses.replace(fine, spline_bins=None) == plain
     assert "jko-spline-64" not in DEFAULT_METHODS.split(",")
+
+
+def test_default_training_size_is_the_datasets(monkeypatch):
+    from jko_plugin.datasets import DATASETS, DEFAULT_TRAIN_SIZE
+
+    # rose and tree train on JKO-iFlow's 500,000 points (its configs' ntr); the rest on 20,000.
+    assert [get_dataset(n).train_size for n in ("rose", "tree", "moons", "gmm16")] == [
+        500_000,
+        500_000,
+        DEFAULT_TRAIN_SIZE,
+        DEFAULT_TRAIN_SIZE,
+    ]
+    monkeypatch.setitem(DATASETS, "moons", dataclasses.replace(DATASETS["moons"], train_size=240))
+    (rec,) = compare("moons", "cfm", steps=2, num_test=100, num_samples=200, w2_points=100)
+    assert rec["num_train"] == 240
+    (rec,) = compare("moons", "cfm", steps=2, num_train=300, num_test=100, num_samples=200, w2_points=100)
+    assert rec["num_train"] == 300  # an explicit count wins
+    args = argparse.ArgumentParser()
+    add_arguments(args)
+    assert args.parse_args(["--dataset", "moons"]).num_train is None
+    with pytest.raises(ValueError, match="num_train"):
+        compare("moons", "cfm", steps=2, num_train=1)

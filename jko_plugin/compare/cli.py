@@ -52,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="torch device every method trains on (default: CUDA when available, else cpu)",
     )
     parser.add_argument("--out", default="compare_out", help="output directory")
-    parser.add_argument("--num-train", type=int, default=20000)
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="training points (default: 20000; rose and tree 500000, as JKO-iFlow trained on them)",
+    )
     parser.add_argument("--num-test", type=int, default=4000)
     parser.add_argument(
         "--distill",

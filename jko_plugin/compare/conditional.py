@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import positive_int
-from ..datasets import get_labelled, load_samples, split_labels, train_test_split
+from ..datasets import DEFAULT_TRAIN_SIZE, get_labelled, load_samples, split_labels, train_test_split
 from ..metrics import checked_wasserstein2
 from ..steps.normalize import Standardize
 from .conditional_methods import (
@@ -176,7 +176,7 @@ def compare_conditional(
     steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
-    num_train: int = 20000,
+    num_train: int | None = None,
     num_test: int = 4000,
     w2_points: int = 2000,
     standardize: bool = True,
@@ -196,7 +196,8 @@ def compare_conditional(
         budget_seconds, steps: Exactly one: wall-clock seconds or gradient steps per method.
         seed: Seeds data, weights, batches and samples.
         out: Folder for ``table.md`` and ``results.json`` (``None``: none).
-        num_train, num_test: Training and held-out points (caps for files and fixed-size data).
+        num_train, num_test: Training and held-out points (caps for files and fixed-size data;
+            ``num_train=None``: ``DEFAULT_TRAIN_SIZE``).
         w2_points: Held-out points per class (at most) for the class-wise W2.
         standardize: Give every method the data standardised on the training split (the labels
             untouched) and score in data units, as ``compare`` does.
@@ -215,6 +216,7 @@ def compare_conditional(
     """
     names = _names(methods)
     budget = Budget(budget_seconds, steps)
+    num_train = DEFAULT_TRAIN_SIZE if num_train is None else num_train
     for name, v in (("num_train", num_train), ("num_test", num_test), ("w2_points", w2_points)):
         positive_int(name, v, minimum=2)
     positive_int("label_samples", label_samples)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from .._validate import positive_int
 from ..datasets import MAF_DATASETS, Dataset, get_dataset, load_maf, load_samples, train_test_split
 from ..datasets.files import check_columns
+from ..datasets.registry import DEFAULT_TRAIN_SIZE
 from ..metrics import checked_wasserstein2, mmd, nll, wasserstein2
 from ..plotting import can_plot, plot_lipschitz, scatter_panels
 from ..steps.normalize import Standardize
@@ -137,9 +138,14 @@ class _Scored(nn.Module):
 
 
 def _load(
-    dataset: str | Path, num_train: int, num_test: int, seed: int, maf_root: str | Path | None
+    dataset: str | Path, num_train: int | None, num_test: int, seed: int, maf_root: str | Path | None
 ) -> tuple[str, Tensor, Tensor, Dataset | None]:
-    """``(name, train, held-out, registry entry or None)``."""
+    """``(name, train, held-out, registry entry or None)``; ``num_train=None``: the generated
+    dataset's own ``train_size``, else ``DEFAULT_TRAIN_SIZE``."""
+    if num_train is None:
+        named = not (maf_root is not None or Path(str(dataset)).suffix.lower() in (".npy", ".csv"))
+        num_train = get_dataset(str(dataset)).train_size if named else DEFAULT_TRAIN_SIZE
+    positive_int("num_train", num_train, minimum=2)
     if maf_root is not None:
         if str(dataset).lower() not in MAF_DATASETS:
             raise ValueError(f"with maf_root, dataset must be one of {sorted(MAF_DATASETS)}, got {dataset!r}")
@@ -220,7 +226,7 @@ def compare(
     steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
-    num_train: int = 20000,
+    num_train: int | None = None,
     num_test: int = 4000,
     w2_points: int = 4000,
     num_samples: int = NUM_SAMPLES,
@@ -246,6 +252,8 @@ def compare(
         seed: Seeds the data, the initial weights, the batches and the samples.
         out: Directory for ``table.md``, ``results.json`` and ``samples.png`` (``None``: none).
         num_train, num_test: Training and held-out points (caps for files and fixed-size data).
+            ``num_train=None``: the dataset's ``train_size`` (20,000; rose and tree 500,000, as
+            JKO-iFlow trained on them), 20,000 rows at most of a file.
         w2_points: Cap of ``n`` for W2 and MMD: ``n = min(w2_points, held-out, train)``.
         num_samples: Samples drawn and timed per method (``sample_seconds``), at least ``n``.
         maf_root: With a MAF benchmark name as ``dataset`` (``power``, ``gas``, ``hepmass``,
@@ -282,7 +290,6 @@ def compare(
     device = resolve_device(device)
     distill_steps = parse_steps(distill)
     for name, v in (
-        ("num_train", num_train),
         ("num_test", num_test),
         ("w2_points", w2_points),
         ("num_samples", num_samples),

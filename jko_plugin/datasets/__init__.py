@@ -15,7 +15,7 @@ from .pixels import (
     tree,
     tree_log_prob,
 )
-from .registry import DATASETS, Dataset, benchmark_mixture, get_dataset, load_dataset
+from .registry import DATASETS, DEFAULT_TRAIN_SIZE, Dataset, benchmark_mixture, get_dataset, load_dataset
 from .toys import (
     MOONS_SCALE,
     MOONS_SHIFT,
@@ -34,6 +34,7 @@ from .toys import (
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_TRAIN_SIZE",
     "MAF_DATASETS",
     "MOONS_SHIFT",
     "MOONS_SCALE",
