@@ -64,22 +64,5 @@ torch.set_num_threads(2)
 ds, seed = sys.argv[1], int(sys.argv[2])  # dataset, seed, then variants
 for v in sys.argv[3:]:
     row = B.run(ds, v, seed, B.BUDGETS[ds], 20000)  # as measured: 20,000 training points
-    print(
-        json.dumps(
-            {
-                k: row[k]
-                for k in (
-                    "dataset",
-                    "variant",
-                    "seed",
-                    "val_nll",
-                    "test_nll",
-                    "w2",
-                    "train_seconds",
-                    "iterations",
-                    "kept_iterations",
-                )
-            }
-        ),
-        flush=True,
-    )
+    keys = (*B.LOG_KEYS, "iterations", "kept_iterations")
+    print(json.dumps({k: row[k] for k in keys}), flush=True)

@@ -215,6 +215,8 @@ KINDS = {
     "coupling": (COUPLING_VARIANTS, ["digits"]),
 }
 NUM_BLOCKS = 6
+#: What each finished run prints, one JSON line.
+LOG_KEYS = ("dataset", "variant", "seed", "val_nll", "test_nll", "w2", "train_seconds")
 
 
 def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | None = None) -> dict:
@@ -307,23 +309,7 @@ def main() -> None:
             for variant in variants(dataset, args.variants):
                 row = run(dataset, variant, seed, BUDGETS[dataset], args.num_train)
                 rows.append(row)
-                print(
-                    json.dumps(
-                        {
-                            k: row[k]
-                            for k in (
-                                "dataset",
-                                "variant",
-                                "seed",
-                                "val_nll",
-                                "test_nll",
-                                "w2",
-                                "train_seconds",
-                            )
-                        }
-                    ),
-                    flush=True,
-                )
+                print(json.dumps({k: row[k] for k in LOG_KEYS}), flush=True)
     print(
         f"\n{'dataset':>8} {'variant':>8} {'val NLL':>8} {'test NLL':>8} {'true':>7} {'W2':>7} {'train s':>7}   (medians over seeds {args.seeds})"
     )
