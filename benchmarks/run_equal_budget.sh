@@ -42,6 +42,8 @@ PY
     # JKO-iFlow's own setting for its pictures: 500,000 training points (configs/JKO_rose.yaml, ntr)
     rose_500k) run rose_500k --dataset rose --methods jko-spline-64,jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 --num-train 500000 ;;
     tree_500k) run tree_500k --dataset tree --methods jko-spline-64,jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 --num-train 500000 ;;
+    pictures_spline64) run rose_spline64_front --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0
+      run tree_spline64_front --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_spline) run diabetes_spline --dataset benchmarks/data/diabetes_raw.csv --methods jko-spline --budget-seconds 120 --seeds 0,1,2 ;;
