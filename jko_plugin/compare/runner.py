@@ -140,28 +140,28 @@ class _Scored(nn.Module):
 def _load(
     dataset: str | Path, num_train: int | None, num_test: int, seed: int, maf_root: str | Path | None
 ) -> tuple[str, Tensor, Tensor, Dataset | None]:
-    """``(name, train, held-out, registry entry or None)``; ``num_train=None``: the generated
-    dataset's own ``train_size``, else ``DEFAULT_TRAIN_SIZE``."""
-    if num_train is None:
-        named = not (maf_root is not None or Path(str(dataset)).suffix.lower() in (".npy", ".csv"))
-        num_train = get_dataset(str(dataset)).train_size if named else DEFAULT_TRAIN_SIZE
-    positive_int("num_train", num_train, minimum=2)
+    """``(name, train, held-out, registry entry or None)``; ``num_train=None``: a named dataset's
+    own ``train_size``, ``DEFAULT_TRAIN_SIZE`` rows at most of a file."""
+    if num_train is not None:
+        positive_int("num_train", num_train, minimum=2)
+    cap = DEFAULT_TRAIN_SIZE if num_train is None else num_train
     if maf_root is not None:
         if str(dataset).lower() not in MAF_DATASETS:
             raise ValueError(f"with maf_root, dataset must be one of {sorted(MAF_DATASETS)}, got {dataset!r}")
         splits = load_maf(str(dataset), maf_root)  # the standard splits; train rows kept in order
-        return str(dataset).lower(), splits.train[:num_train], splits.test[:num_test], None
+        return str(dataset).lower(), splits.train[:cap], splits.test[:num_test], None
     path = Path(str(dataset))
     if path.suffix.lower() in (".npy", ".csv"):
         data = load_samples(path)
         x_train, x_test = train_test_split(data, 0.2, seed=seed)
-        return path.name, x_train[:num_train], x_test[:num_test], None
+        return path.name, x_train[:cap], x_test[:num_test], None
     ds = get_dataset(str(dataset))  # ValueError listing the choices
+    cap = ds.train_size if num_train is None else num_train
     if ds.size is not None:
         data = ds.sample(ds.size, seed=seed)
         x_train, x_test = train_test_split(data, 0.2, seed=seed)
-        return ds.name, x_train[:num_train], x_test[:num_test], ds
-    return ds.name, ds.sample(num_train, seed=seed), ds.sample(num_test, seed=seed + 1), ds
+        return ds.name, x_train[:cap], x_test[:num_test], ds
+    return ds.name, ds.sample(cap, seed=seed), ds.sample(num_test, seed=seed + 1), ds
 
 
 def _methods(methods: str | Sequence[str]) -> list[str]:
