@@ -22,6 +22,11 @@ calibration; data standardised by a `Standardize` layer fitted on the training s
   front-checks-rk1, front-checks-wide, front-checks-4   front-checks with 1 RK4 step per block in
             training (half the cost of an iteration), a 128 x 128 MLP, or 4 blocks (3, 1, 1, 1
             shares) instead of 6 (gmm16, `--variants`)
+  front-checks-lr6e3, front-checks-lr1e2, front-checks-lr2e2, front-checks-lr1.5e3   front-checks
+            with learning rate 6e-3, 1e-2, 2e-2 or 1.5e-3 instead of 3e-3 (gmm16, where block 1 still improves when its
+            time ends; moons)
+  front-checks-b1024, front-checks-b256   front-checks with batches of 1,024 or 256 points
+            instead of 512 (gmm16)
   iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
             steps and warm starts; gmm16, `--variants`)
 
@@ -48,6 +53,13 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
             lie within 3; outside it a spline is the identity), on rose and tree at 300 s
   spline-bins64-b2048-checks  64 bins, batches of 2,048 points instead of 512 (JKO-iFlow's
             2,000), on rose with its 500,000 training points
+  spline-bins64-front-lr5e3-checks, spline-bins64-front-lr1.5e3-checks   64 bins, step 1 with 3
+            shares, learning rate 5e-3 or 1.5e-3 instead of 3e-3 (rose, 500,000 points: the 64-bin
+            steps are limited by time there)
+  spline-bins64-front-tb3-checks  64 bins, step 1 with 3 shares, B = 3 (tree, 500,000 points,
+            where every step still improved when its time ended)
+  spline-bins64-w4211-checks  64 bins, shares (4, 2, 1, 1): steps 3 and 4 kept early iterates
+  spline-bins64-front-wide-checks  64 bins, step 1 with 3 shares, 96 hidden units
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
             (`mix="lu"`, as the coupling steps), on gmm16 at 120 s (`--datasets gmm16`)
 
@@ -132,6 +144,42 @@ VARIANTS = {
     "front-checks-wide": dict(
         flow=dict(hidden=(128, 128), steps=2), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
     ),
+    "front-checks-lr6e3": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, lr=6e-3),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
+    "front-checks-lr1e2": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, lr=1e-2),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
+    "front-checks-lr2e2": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, lr=2e-2),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
+    "front-checks-lr1.5e3": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, lr=1.5e-3),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
+    "front-checks-b1024": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, batch_size=1024),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
+    "front-checks-b256": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, batch_size=256),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+    ),
     "front-checks-4": dict(
         num_blocks=4,
         flow=dict(hidden=(64, 64), steps=2),
@@ -176,6 +224,33 @@ SPLINE_VARIANTS = {
     ),
     "spline-bins128-tb3-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=128, tail_bound=3.0), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-bins64-front-lr5e3-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64),
+        trainer=dict(step_checks=10, lr=5e-3),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
+    "spline-bins64-front-lr1.5e3-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64),
+        trainer=dict(step_checks=10, lr=1.5e-3),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
+    "spline-bins64-front-tb3-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64, tail_bound=3.0),
+        trainer=dict(step_checks=10),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
+    "spline-bins64-w4211-checks": dict(
+        num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(4, 2, 1, 1), passes=1
+    ),
+    "spline-bins64-front-wide-checks": dict(
+        num_blocks=4, flow=dict(layers=2, hidden=96, bins=64), trainer=dict(step_checks=10), weights=(3, 1, 1, 1), passes=1
     ),
     "spline-bins64-b2048-checks": dict(
         num_blocks=4,

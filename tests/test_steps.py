@@ -259,3 +259,19 @@ def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
     assert RunConfig(block="ode", num_blocks=2, first_share=2).budget_weights == (2.0, 1.0)
     with pytest.raises(ValueError, match="first_share"):
         RunConfig(first_share=0)
+
+
+def test_ode_blocks_train_with_their_measured_learning_rate():
+    # lr 1e-2 won at equal time on gmm16 and moons (BENCHMARKS.md s.4.0); spline steps keep 3e-3.
+    from jko_plugin.workflows import RunConfig, build_flow, make_trainer
+
+    for config, lr in [
+        (RunConfig(block="ode", num_blocks=1, hidden=(8,)), 1e-2),
+        (RunConfig(num_blocks=1, spline_hidden=8), 3e-3),
+        (RunConfig(block="ode", num_blocks=1, hidden=(8,), lr=5e-4), 5e-4),
+    ]:
+        # One iteration per block shows the rate the optimizer starts from.
+        trainer = make_trainer(config, build_flow(config, 2), 100, iterations=1, progress=False)
+        events = []
+        trainer.fit(torch.randn(100, 2, generator=torch.Generator().manual_seed(0)), on_step=events.append)
+        assert trainer.options.lr == lr and events[0].lr == pytest.approx(lr)
