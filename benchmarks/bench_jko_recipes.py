@@ -144,42 +144,23 @@ VARIANTS = {
     "front-checks-wide": dict(
         flow=dict(hidden=(128, 128), steps=2), trainer=dict(step_checks=10), weights=(3, 1, 1, 1, 1, 1), passes=1
     ),
-    "front-checks-lr6e3": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, lr=6e-3),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
-    "front-checks-lr1e2": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, lr=1e-2),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
-    "front-checks-lr2e2": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, lr=2e-2),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
-    "front-checks-lr1.5e3": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, lr=1.5e-3),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
-    "front-checks-b1024": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, batch_size=1024),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
-    "front-checks-b256": dict(
-        flow=dict(hidden=(64, 64), steps=2),
-        trainer=dict(step_checks=10, batch_size=256),
-        weights=(3, 1, 1, 1, 1, 1),
-        passes=1,
-    ),
+    # front-checks with one trainer setting changed (learning rate or batch)
+    **{
+        f"front-checks-{name}": dict(
+            flow=dict(hidden=(64, 64), steps=2),
+            trainer=dict(step_checks=10, **setting),
+            weights=(3, 1, 1, 1, 1, 1),
+            passes=1,
+        )
+        for name, setting in [
+            ("lr6e3", dict(lr=6e-3)),
+            ("lr1e2", dict(lr=1e-2)),
+            ("lr2e2", dict(lr=2e-2)),
+            ("lr1.5e3", dict(lr=1.5e-3)),
+            ("b1024", dict(batch_size=1024)),
+            ("b256", dict(batch_size=256)),
+        ]
+    },
     "front-checks-4": dict(
         num_blocks=4,
         flow=dict(hidden=(64, 64), steps=2),
@@ -226,25 +207,13 @@ SPLINE_VARIANTS = {
         num_blocks=4, flow=dict(layers=2, bins=128, tail_bound=3.0), trainer=dict(step_checks=10), weights=None, passes=1
     ),
     "spline-bins64-front-lr5e3-checks": dict(
-        num_blocks=4,
-        flow=dict(layers=2, bins=64),
-        trainer=dict(step_checks=10, lr=5e-3),
-        weights=(3, 1, 1, 1),
-        passes=1,
+        num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10, lr=5e-3), weights=(3, 1, 1, 1), passes=1
     ),
     "spline-bins64-front-lr1.5e3-checks": dict(
-        num_blocks=4,
-        flow=dict(layers=2, bins=64),
-        trainer=dict(step_checks=10, lr=1.5e-3),
-        weights=(3, 1, 1, 1),
-        passes=1,
+        num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10, lr=1.5e-3), weights=(3, 1, 1, 1), passes=1
     ),
     "spline-bins64-front-tb3-checks": dict(
-        num_blocks=4,
-        flow=dict(layers=2, bins=64, tail_bound=3.0),
-        trainer=dict(step_checks=10),
-        weights=(3, 1, 1, 1),
-        passes=1,
+        num_blocks=4, flow=dict(layers=2, bins=64, tail_bound=3.0), trainer=dict(step_checks=10), weights=(3, 1, 1, 1), passes=1
     ),
     "spline-bins64-w4211-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(4, 2, 1, 1), passes=1
