@@ -2,9 +2,12 @@
 
 ODE variants (`--kind ode`, moons 60 s and gmm16 120 s; all 6 ODE blocks on the geometric schedule h0 = 0.5, growth 1.4, the exact map density
 of `density="auto"`, trained by `JKOTrainer` under a `TimeBudget` that includes its own cost
-calibration; data standardised by a `Standardize` layer fitted on the training split):
+calibration; data standardised by a `Standardize` layer fitted on the training split). Every
+variant trains with batches of 512 at lr 3e-3 unless its name says otherwise, so the runs recorded
+before commit 7dca40d stay comparable; compare's `jko` is now `front-checks-lr1e2`:
 
-  default   MLP 64x64 tanh, time-dependent, 2 RK4 steps, equal time per block (`jko-flow`'s default)
+  default   MLP 64x64 tanh, time-dependent, 2 RK4 steps, equal time per block (`jko-flow`'s default
+            before block 1's three shares and lr 1e-2)
   front     default, block 1 given 3 shares of the time (it moves the data the most)
   iflow     JKO-iFlow's recipe: MLP 3 x 128 softplus, time-independent velocity, 3 RK4 steps,
             each block warm-started from the previous one
