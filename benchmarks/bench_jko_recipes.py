@@ -61,6 +61,9 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
             steps are limited by time there)
   spline-bins64-front-tb3-checks  64 bins, step 1 with 3 shares, B = 3 (tree, 500,000 points,
             where every step still improved when its time ended)
+  spline-bins64-front-tb3first-checks  spline-bins64-front-tb3-checks with B = 3 in step 1 only
+            (the data side, where the standardised picture lies within 3); steps 2-4 keep B = 5,
+            so latent draws beyond 3 are still moved when sampling
   spline-bins64-w4211-checks  64 bins, shares (4, 2, 1, 1): steps 3 and 4 kept early iterates
   spline-bins64-front-wide-checks  64 bins, step 1 with 3 shares, 96 hidden units
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
@@ -97,7 +100,7 @@ from pathlib import Path
 
 import torch
 
-from jko_plugin import JKOTrainer, StepSchedule, TimeBudget, make_flow
+from jko_plugin import JKOTrainer, StepSchedule, TimeBudget, jko_steps, make_flow
 from jko_plugin.datasets import get_dataset, train_test_split
 from jko_plugin.metrics import nll, wasserstein2
 from jko_plugin.steps.block import EXACT_MAP_MAX_DIM
@@ -218,6 +221,14 @@ SPLINE_VARIANTS = {
     "spline-bins64-front-tb3-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64, tail_bound=3.0), trainer=dict(step_checks=10), weights=(3, 1, 1, 1), passes=1
     ),
+    "spline-bins64-front-tb3first-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64),
+        first=dict(tail_bound=3.0),
+        trainer=dict(step_checks=10),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
     "spline-bins64-w4211-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(4, 2, 1, 1), passes=1
     ),
@@ -286,6 +297,9 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
     if block == "ode":
         options = {"density": "auto", "trace": "exact" if dim <= 3 else "hutchinson", **options}
     flow = make_flow(dim, num_blocks, block=block, **options)
+    if "first" in spec:  # step 1 (the data side, flows[-1]) built with its own options
+        flow.flows[-1] = make_flow(dim, 1, block=block, **{**options, **spec["first"]}).flows[-1]
+        StepSchedule.geometric(num_blocks).place(jko_steps(flow))
     flow.flows.append(Standardize.fit(x_train))
     start = time.perf_counter()
     trainer = JKOTrainer(

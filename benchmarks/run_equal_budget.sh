@@ -45,6 +45,9 @@ PY
     tree_500k) run tree_500k --dataset tree --methods jko-spline-64,jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 --num-train 500000 ;;
     pictures_spline64) run rose_spline64_front --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0
       run tree_spline64_front --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
+    # jko-spline-64 with step 1's splines on [-3, 3] and blocks that re-plan their length
+    pictures_narrow) run tree_spline64_narrow --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0,1
+      run rose_spline64_narrow --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0,1 ;;
     tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_spline) run diabetes_spline --dataset benchmarks/data/diabetes_raw.csv --methods jko-spline --budget-seconds 120 --seeds 0,1,2 ;;

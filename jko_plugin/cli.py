@@ -39,6 +39,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "64 trained detailed 2-D pictures better in minutes (BENCHMARKS.md s.4.0)",
     )
     p.add_argument(
+        "--first-tail-bound",
+        type=float,
+        default=None,
+        help="spline and coupling steps: step 1's splines act on [-B, B] with this B (the others on "
+        "[-5, 5]); 3 trained the standardised rose and tree pictures better (BENCHMARKS.md s.4.0)",
+    )
+    p.add_argument(
         "--trace",
         choices=["auto", "exact", "hutchinson"],
         default=None,
@@ -90,6 +97,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "growth": "growth",
         "solver_steps": "steps",
         "spline_bins": "spline_bins",
+        "first_tail_bound": "first_tail_bound",
         "trace": "trace",
     }
     out = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}

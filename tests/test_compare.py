@@ -273,13 +273,15 @@ def test_an_unconverged_w2_is_one_note_in_the_record_not_the_solvers_warning(mon
     assert rec["warnings"][1].startswith("the data-vs-data W2 floor")
 
 
-def test_finer_spline_method_is_the_spline_row_with_64_bins_and_a_front_loaded_budget():
+def test_finer_spline_method_is_the_spline_row_with_64_bins_a_front_loaded_budget_and_a_narrow_step_one():
     from jko_plugin.workflows import build_flow
 
     fine, plain = METHODS["jko-spline-64"].config(2, 3), METHODS["jko-spline"].config(2, 3)
     assert spline_bins(build_flow(fine, 2)) == {64} and spline_bins(build_flow(plain, 2)) == {16}
     assert fine.budget_weights == (3.0, 1.0, 1.0, 1.0) and plain.budget_weights == (1.0, 1.0, 1.0, 1.0)
-    assert dataclasses.replace(fine, spline_bins=None, first_share=plain.first_share) == plain
+    assert fine.first_step_options() == {"tail_bound": 3.0} and plain.first_step_options() == {}
+    unchanged = dict(spline_bins=None, first_share=plain.first_share, first_tail_bound=None)
+    assert dataclasses.replace(fine, **unchanged) == plain
     assert "jko-spline-64" not in DEFAULT_METHODS.split(",")
 
 

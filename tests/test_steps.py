@@ -275,3 +275,45 @@ def test_ode_blocks_train_with_their_measured_learning_rate():
         events = []
         trainer.fit(torch.randn(100, 2, generator=torch.Generator().manual_seed(0)), on_step=events.append)
         assert trainer.options.lr == lr and events[0].lr == pytest.approx(lr)
+
+
+def tail_bounds(step) -> set[float]:
+    return {float(m.tail_bound) for m in step.modules() if hasattr(m, "tail_bound")}
+
+
+def test_step_one_may_take_a_narrower_spline_interval(tmp_path):
+    # jko-spline-64's step 1 works on [-3, 3], where the standardised pictures lie; the later
+    # steps keep [-5, 5], so that latent draws beyond 3 are still moved when sampling.
+    from jko_plugin import jko_steps
+    from jko_plugin.sampling.model import JKOFlowModel
+    from jko_plugin.workflows import RunConfig, build_flow
+
+    config = RunConfig(num_blocks=3, spline_hidden=8, first_tail_bound=3.0)
+    flow = build_flow(config, 2)
+    assert [tail_bounds(s) for s in jko_steps(flow)] == [{3.0}, {5.0}, {5.0}]
+    assert [tail_bounds(s) for s in jko_steps(build_flow(RunConfig(num_blocks=2), 2))] == [{5.0}, {5.0}]
+    torch.manual_seed(0)
+    perturb(flow)
+    step1, step2 = jko_steps(flow)[:2]
+    outside = torch.tensor([[4.0, -4.5], [3.5, 4.9]])  # beyond 3, within 5
+    # Outside its interval a spline with linear tails is the identity: step 1 leaves the points,
+    # step 2 moves them.
+    z1, ld1 = step1.inverse(outside)
+    torch.testing.assert_close(z1, outside, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ld1, torch.zeros(2), atol=1e-6, rtol=0)
+    assert (step2.inverse(outside)[0] - outside).abs().amax() > 1e-3
+    for step in jko_steps(flow):
+        check_flow(step, torch.randn(32, 2) * 2, atol=1e-4)
+    # Saved and reloaded, each step keeps its own interval and the density is the same.
+    model = JKOFlowModel.from_normflows(flow, schedule=config.step_sizes)
+    model.save_pretrained(tmp_path)
+    loaded = JKOFlowModel.from_pretrained(tmp_path).to_normflows()
+    assert [tail_bounds(s) for s in jko_steps(loaded)] == [{3.0}, {5.0}, {5.0}]
+    x = torch.randn(16, 2) * 2
+    torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="first_tail_bound is for steps made of splines"):
+        RunConfig(block="ode", first_tail_bound=3.0)
+    with pytest.raises(ValueError, match="first_tail_bound must be finite and > 0"):
+        RunConfig(first_tail_bound=0.0)
+    with pytest.raises(ValueError, match="bad options"):
+        make_flow(2, 2, block="spline", first={"tail_bnd": 3.0})

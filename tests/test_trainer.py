@@ -366,6 +366,53 @@ def test_fit_follows_an_iteration_plan():
     assert [b.iterations for b in history.blocks] == [3, 6]
 
 
+def test_a_plan_revises_each_block_after_its_probe_and_checks_and_cosine_follow():
+    from jko_plugin.training.step_fit import check_iterations, probe_iterations
+
+    class Revising:  # plans 40 iterations per block, then asks for 100 once the probe has run
+        asked = []
+
+        def iterations(self, block, history):
+            return 40
+
+        def revise(self, done, seconds):
+            self.asked.append((done, seconds))
+            return 100
+
+    flow = make_flow(2, 2, block="spline", layers=1, hidden=8)
+    lrs = []
+    plan = Revising()
+    x = moons(400)
+    trainer = small_trainer(flow, [0.5, 1.0], step_checks=5)
+    history = trainer.fit(x[:300], x[300:], plan=plan, on_step=lambda e: lrs.append((e.block, e.lr)))
+    assert [b.iterations for b in history.blocks] == [100, 100]
+    assert [done for done, _ in plan.asked] == [probe_iterations(40)] * 2 == [20, 20]
+    assert all(seconds > 0 for _, seconds in plan.asked)
+    # Kept iterates come from the checks of the revised length (or the start, 0).
+    assert {b.kept_iteration for b in history.blocks} <= {0, *check_iterations(100, 5)}
+    # After the probe the rate follows the cosine over 100 iterations (lr at the start of each).
+    first = [lr for block, lr in lrs if block == 1]
+    expected = [5e-3 * (1 + math.cos(math.pi * t / 100)) / 2 for t in range(20, 100)]
+    assert first[20:] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert first[:20] == pytest.approx([5e-3 * (1 + math.cos(math.pi * t / 40)) / 2 for t in range(20)])
+
+
+def test_time_budget_revision_fills_the_share_an_inflated_estimate_left_empty():
+    import time
+
+    from jko_plugin.training import IterationCosts, TimeBudget
+
+    # An estimate of 0.5 s per iteration (the real cost is a few ms) plans 1-2 iterations per
+    # block; the probe measures the real rate and the block fills its share instead.
+    flow = make_flow(2, 2, block="spline", layers=1, hidden=8)
+    plan = TimeBudget(2.0, IterationCosts(0.5, 0.0, 0.0), 2, start=time.perf_counter())
+    history = small_trainer(flow, [0.5, 1.0]).fit(moons(300), plan=plan)
+    assert all(b.iterations > 20 for b in history.blocks), [b.iterations for b in history.blocks]
+    assert sum(b.seconds for b in history.blocks) < 6.0
+    with pytest.raises(RuntimeError, match="no block is planned"):
+        TimeBudget(2.0, IterationCosts(0.5, 0.0, 0.0), 2).revise(5, 0.1)
+
+
 def test_time_budget_shares_the_time_left():
     import time
 

@@ -349,9 +349,10 @@ METHODS: dict[str, Method] = {
             "jko-spline-64",
             "spline",
             "JKO flow of spline steps with 64 bins per spline, step 1 given 3 shares of the budget "
-            "(detailed 2-D pictures, budgets of minutes)",
+            "and splines on [-3, 3] (detailed 2-D pictures, budgets of minutes)",
             spline_bins=64,
             first_share=3.0,
+            first_tail_bound=3.0,
         ),
         FlowMatchingMethod("cfm", "independent", "flow matching, linear path (I-CFM / rectified flow)"),
         FlowMatchingMethod("otcfm", "ot", "flow matching with exact minibatch OT coupling (OT-CFM)"),

@@ -275,6 +275,7 @@ def make_flow(
     *,
     block: str = DEFAULT_STEP_KIND,
     schedule: object | None = None,
+    first: Mapping[str, object] | None = None,
     **options: object,
 ) -> nf.NormalizingFlow:
     """A ``nf.NormalizingFlow`` of ``num_blocks`` JKO steps on ``N(0, I)``, ready for ``JKOTrainer``.
@@ -289,6 +290,8 @@ def make_flow(
         block: A key of ``STEP_KINDS`` (``"spline"``, ``"ode"``).
         schedule: Where to place the steps (a ``StepSchedule``, ``JKOScheduler`` or step sizes);
             default the geometric ``StepSchedule`` (the trainer re-places them on its own).
+        first: Options of step 1 (the data side) that replace ``options`` there, e.g.
+            ``{"tail_bound": 3.0}``: splines on a narrower interval where the standardised data lie.
         **options: Options of the kind's builder (``JKOBlock``: ``hidden``, ``steps``, ``solver``,
             ...; ``make_spline_step``: ``layers``, ``hidden``, ``bins``, ...), and the context
             options every kind takes.
@@ -306,14 +309,20 @@ def make_flow(
     kind = get_step_kind(block)
     positive_int("num_blocks", num_blocks)
     try:
-        steps = [kind.build(dim, **options) for _ in range(num_blocks)]
+        steps = [kind.build(dim, **{**options, **_first(first, k)}) for k in range(num_blocks)]
     except TypeError as err:
-        raise ValueError(f"bad options {sorted(options)} for block={block!r}: {err}") from err
+        names = sorted({*options, *(first or {})})
+        raise ValueError(f"bad options {names} for block={block!r}: {err}") from err
     sched = StepSchedule.geometric(num_blocks) if schedule is None else StepSchedule.coerce(schedule)
     sched.place(steps)
     # normflows order: flows[0] next to the latent, so the first step trained (data side) goes last.
     cls = nf.ConditionalNormalizingFlow if steps[0].conditional else nf.NormalizingFlow
     return cls(nf.distributions.DiagGaussian(dim, trainable=False), steps[::-1])
+
+
+def _first(first: Mapping[str, object] | None, k: int) -> dict:
+    """``make_flow``'s options of step ``k`` (0: the data side) beyond the shared ones."""
+    return dict(first or {}) if k == 0 else {}
 
 
 def jko_steps(flow: nf.NormalizingFlow | Flow) -> list[ProximalStep]:

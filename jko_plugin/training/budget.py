@@ -34,6 +34,9 @@ class IterationPlan(Protocol):
         """Iterations for ``block`` (1 = data side), given the records of the blocks trained so far."""
         ...
 
+    # A plan may also define ``revise(done, seconds) -> int``: the block's iterations once ``done``
+    # of them took ``seconds`` (training alone); ``JKOTrainer`` asks it once, early in each block.
+
 
 @dataclass(frozen=True)
 class FixedIterations:
@@ -57,7 +60,10 @@ class TimeBudget:
     cost is taken off and the rest turned into iterations at the measured cost per iteration:
     first ``costs.per_iteration``, then the mean over the blocks trained so far, from their
     records (``seconds`` less ``costs.per_block`` but at least half of ``seconds``, over
-    ``iterations``). The clock starts when
+    ``iterations``). Early in each block the trainer asks ``revise`` with the rate of the block's
+    own first iterations, which corrects an estimate taken in a noisy moment: the 300 s rose
+    runs planned 1,000 iterations for block 1 where 4,400 fitted, and lost most of block 1's
+    shares to the blocks after it. The clock starts when
     the plan is made (or at ``start``, a ``time.perf_counter()`` value).
 
     With ``weights`` the time left is shared in proportion to the weights of the blocks left
@@ -95,6 +101,7 @@ class TimeBudget:
             raise ValueError(f"weights must hold one number per block ({self.num_blocks}), got {weights}")
         self.weights = tuple(positive(f"weights[{i}]", w) for i, w in enumerate(weights))
         self._planned = 0  # blocks planned so far (a fit with ``adapt`` trains blocks twice)
+        self._train_until: float | None = None  # when the current block's iterations should end
 
     def seconds_per_iteration(self, history: TrainingHistory) -> float:
         """The cost per iteration measured on the blocks trained so far (the estimate before any)."""
@@ -113,4 +120,20 @@ class TimeBudget:
         done = min(self._planned, self.num_blocks - 1)
         self._planned += 1
         share = left * self.weights[done] / sum(self.weights[done:])
+        self._train_until = time.perf_counter() + share - self.costs.per_block
         return max(1, int((share - self.costs.per_block) / self.seconds_per_iteration(history)))
+
+    def revise(self, done: int, seconds: float) -> int:
+        """The current block's iterations, now that its first ``done`` took ``seconds``: as many
+        as fit before its share of the time ends at that rate (at least ``done``).
+
+        >>> plan = TimeBudget(10.0, IterationCosts(0.04, 0.0, 0.0), 1)  # an estimate 4x too slow
+        >>> plan.iterations(1, TrainingHistory()) <= 250
+        True
+        >>> 990 <= plan.revise(10, 0.1) <= 1010  # 10 iterations took 0.01 s each: 10 s fit 1,000
+        True
+        """
+        if self._train_until is None:
+            raise RuntimeError("revise() before iterations(): no block is planned")
+        rate = max(positive("seconds", seconds) / positive_int("done", done), 1e-9)
+        return max(done, done + int((self._train_until - time.perf_counter()) / rate))

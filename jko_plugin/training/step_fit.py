@@ -3,6 +3,7 @@ r"""Training one JKO step on its proximal loss, and measuring the trained step o
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from .distributed import DistributedContext, LossTerms, wrap_ddp
 from .history import StepEvent
 from .options import OPTIMIZERS, TrainerOptions, TrainingDiverged
 
-__all__ = ["StepFitter", "check_iterations"]
+__all__ = ["StepFitter", "check_iterations", "probe_iterations"]
 
 
 class StepFitter:
@@ -92,6 +93,7 @@ class StepFitter:
         context: Tensor | None = None,
         val: Tensor | None = None,
         context_val: Tensor | None = None,
+        revise: Callable[[int, float], int] | None = None,
     ) -> tuple[int, int]:
         """Train ``step`` (block ``k`` of ``num_blocks``) for ``iterations`` on ``data``, step size ``h``;
         ``on_step`` gets a ``StepEvent`` after every iteration (``context``: the rows' contexts, for
@@ -103,6 +105,9 @@ class StepFitter:
         overfits small data within itself, and cutting whole steps afterwards cannot undo that.
         With ``options.step_patience`` as well, training stops after that many checks in a row
         without a better score (the time left goes to the blocks after it).
+        ``revise`` (a time budget's, ``TimeBudget.revise``) gets the seconds of the first
+        ``probe_iterations(iterations)`` iterations (checks left out) and returns the block's new
+        number of iterations; the checks and the cosine schedule follow it.
         Returns ``(iterations trained, iterations behind the weights kept)``."""
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
@@ -122,15 +127,19 @@ class StepFitter:
         if ctx.active:
             ddp = wrap_ddp(LossTerms(step, lambda s, out: self.loss_terms(s, out, h)), ctx, data.device)
         bar = tqdm(
-            range(iterations),
+            total=iterations,
             desc=f"block {k}/{num_blocks}",
             disable=not (opts.progress and ctx.is_main),
             leave=False,
         )
+        probe = probe_iterations(iterations) if revise is not None else None
+        began, check_seconds = time.perf_counter(), 0.0
         devices = [data.device.index or 0] if data.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # Hutchinson probes, if any
-            for it in bar:
+            it = -1
+            while it + 1 < iterations:
+                it += 1
                 if pos + batch_size > n:
                     order, pos = torch.randperm(n, generator=gen), 0
                 rows = order[pos : pos + batch_size].to(data.device)
@@ -149,11 +158,14 @@ class StepFitter:
                 if on_step is not None:  # float() waits for the device: only when asked for
                     values = [float(t.detach()) for t in terms]
                     on_step(StepEvent(k, it, sum(values), *values, lr))
+                bar.update(1)
                 if it % 25 == 0 or it == iterations - 1:
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if it + 1 in checks:
+                    check_began = time.perf_counter()
                     score = self.validation_loss(step, val, h, context_val)
                     step.train()
+                    check_seconds += time.perf_counter() - check_began
                     if score < best[0]:
                         best, worse = (score, _copy(step), it + 1), 0
                     else:
@@ -162,10 +174,25 @@ class StepFitter:
                     if opts.step_patience and worse >= opts.step_patience:
                         trained = it + 1
                         break
+                if it + 1 == probe:
+                    spent = time.perf_counter() - began - check_seconds
+                    iterations = trained = self._revised(revise(it + 1, spent), it + 1)
+                    if val is not None:  # the checks still ahead move with the new length
+                        checks = set(check_iterations(iterations, opts.step_checks))
+                    if optimizer[1] is not None:
+                        _stretch_cosine(optimizer[1], iterations)
+                    bar.total = iterations
+        bar.close()
         if best is None or best[2] == trained:
             return trained, trained
         step.load_state_dict(best[1])
         return trained, best[2]
+
+    def _revised(self, iterations: int, done: int) -> int:
+        # Every rank must train the same number of iterations: rank 0's clock decides.
+        if self.ctx.active:
+            iterations = int(self.ctx.all_sum(torch.tensor([float(iterations * self.ctx.is_main)]))[0])
+        return max(done, iterations)
 
     @torch.no_grad()
     def validation_loss(
@@ -251,6 +278,26 @@ class StepFitter:
         sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
         val_z, val_ld = self.push(step, val, context_val)
         return torch.cat(zs), sums, val_z, val_ld, inv_err
+
+
+def _stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, total: int) -> None:
+    """Re-aim a cosine schedule at ``total`` iterations mid-run. Its recursive update scales the
+    current rate, so the rate is first put where the closed form over ``total`` has it."""
+    sched.T_max = total
+    t = sched.last_epoch
+    for group in sched.optimizer.param_groups:
+        cosine = (1 + math.cos(math.pi * t / total)) / 2
+        group["lr"] = sched.eta_min + (group["initial_lr"] - sched.eta_min) * cosine
+
+
+def probe_iterations(iterations: int) -> int:
+    """After how many of its planned ``iterations`` a block under a time budget measures its own
+    rate and revises its length (``TimeBudget.revise``): 4% of them, at least 20 (or all).
+
+    >>> probe_iterations(4400), probe_iterations(100), probe_iterations(8)
+    (176, 20, 8)
+    """
+    return min(iterations, max(20, iterations // 25))
 
 
 def check_iterations(iterations: int, checks: int) -> list[int]:

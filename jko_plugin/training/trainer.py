@@ -319,7 +319,16 @@ class JKOTrainer:
                     warm_start(layer, jko_steps(self.flow)[k - 2])
                 planned = plan.iterations(k, self.history)
                 iterations, kept = self._fitter().train(
-                    layer, data, h, k, planned, self.schedule.num_blocks, on_step, val=val, **both
+                    layer,
+                    data,
+                    h,
+                    k,
+                    planned,
+                    self.schedule.num_blocks,
+                    on_step,
+                    val=val,
+                    revise=getattr(plan, "revise", None),  # a time budget corrects its estimate
+                    **both,
                 )
             data, sums, val, ld, inv_err = self._fitter().diagnose(layer, data, val, h, **both)
             val_log_det = val_log_det + ld
