@@ -45,6 +45,8 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-wide   4 steps, 128 hidden units per conditioner
   spline-checks 4 steps, within-step early stopping as `checks` (`jko-spline`'s default in compare)
   spline-bins16-checks  spline-checks with 16 spline bins instead of 8 (`jko-spline`'s default in 2-D)
+  spline-bins16-tb3first-checks  spline-bins16-checks with step 1's splines on [-3, 3] (as
+            jko-spline-64's), on moons and checkerboard
   spline-bins32-checks, spline-6-bins16-checks, spline-wide-bins16-checks   32 bins, 6 steps, or
             128 hidden units, on rose at 300 s (`--datasets rose`)
   spline-bins64-checks  64 bins, on rose and tree at 300 s (`--datasets rose tree`) and on the
@@ -205,6 +207,14 @@ SPLINE_VARIANTS = {
     ),
     "spline-bins64-tb3-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64, tail_bound=3.0), trainer=dict(step_checks=10), weights=None, passes=1
+    ),
+    "spline-bins16-tb3first-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=16),
+        first=dict(tail_bound=3.0),
+        trainer=dict(step_checks=10),
+        weights=None,
+        passes=1,
     ),
     "spline-bins128-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=128), trainer=dict(step_checks=10), weights=None, passes=1

@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from jko_plugin import make_flow
+from jko_plugin.training.budget import IterationCosts, TimeBudget
 from jko_plugin.training.distributed import DistributedContext, DistributedError, setup, shard
 from jko_plugin.training.trainer import JKOTrainer
 
@@ -75,6 +76,13 @@ def _worker(rank, world, port, out):
         JKOTrainer(flow, HS, dist_timeout=60, **OPTS).fit(x, x_val, checkpoint_dir=f"{out}/b", resume=True)
         res["b"] = {k: v.clone() for k, v in flow.state_dict().items()}
 
+        # d) a time budget whose cost estimate differs by rank (rank 1's 10x rank 0's): rank 0's
+        #    plan and its revision decide, so both ranks train the same iterations (else DDP hangs).
+        plan = TimeBudget(3.0, IterationCosts(0.05 * (1 + 9 * rank), 0.0, 0.0), 2)
+        flow = new_flow(init)
+        hist = JKOTrainer(flow, HS, dist_timeout=60, **OPTS).fit(x, x_val, plan=plan)
+        res["d"] = ({k: v.clone() for k, v in flow.state_dict().items()}, [b.iterations for b in hist.blocks])
+
         # c) rank 1 fails after block 1 and stays silent: rank 0 must stop with an error, no hang.
         def fail(record):
             if rank == 1:
@@ -130,6 +138,14 @@ def test_ranks_end_with_identical_weights_and_figures(two_ranks):
         assert torch.equal(r0["a"][k], r1["a"][k]), k
     assert r0["a_hist"] == r1["a_hist"]  # reduced figures: the same bits on both ranks
     assert len(r0["a_hist"]["blocks"]) == 2
+
+
+def test_a_time_budget_trains_rank_0s_plan_on_every_rank(two_ranks):
+    _, (r0, r1) = two_ranks
+    (w0, its0), (w1, its1) = r0["d"], r1["d"]
+    assert its0 == its1 and all(n > 1 for n in its0), (its0, its1)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
 
 
 def test_only_rank_0_writes_a_checkpoint(two_ranks):

@@ -132,8 +132,9 @@ class JKOTrainer:
             resume: Continue from the checkpoint in ``checkpoint_dir`` at the first untrained step.
             overwrite: Allow a fresh run to replace an existing checkpoint.
             callback: Called with each block's record after it is saved (on every rank).
-            plan: Iterations per block (``training.budget``: e.g. ``TimeBudget``); default
-                ``FixedIterations(options.iterations)``.
+            plan: Iterations per block (``training.budget``: e.g. ``TimeBudget``, which also
+                re-plans each block after its first iterations); default
+                ``FixedIterations(options.iterations)``. Under torchrun rank 0's plan counts.
             on_step: Called after every training iteration with a ``StepEvent`` (block, iteration,
                 loss terms on this rank's batch, learning rate), on every rank: e.g. a tracker.
 
@@ -317,7 +318,8 @@ class JKOTrainer:
             if k > done:
                 if opts.warm_start and k > 1:
                     warm_start(layer, jko_steps(self.flow)[k - 2])
-                planned = plan.iterations(k, self.history)
+                # Rank 0's plan: every rank must train (and revise) the same iterations.
+                planned = ctx.broadcast_object(plan.iterations(k, self.history))
                 iterations, kept = self._fitter().train(
                     layer,
                     data,
