@@ -102,7 +102,7 @@ from pathlib import Path
 
 import torch
 
-from jko_plugin import JKOTrainer, StepSchedule, TimeBudget, jko_steps, make_flow
+from jko_plugin import JKOTrainer, StepSchedule, TimeBudget, make_flow
 from jko_plugin.datasets import get_dataset, train_test_split
 from jko_plugin.metrics import nll, wasserstein2
 from jko_plugin.steps.block import EXACT_MAP_MAX_DIM
@@ -306,10 +306,7 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
     options = dict(spec["flow"])
     if block == "ode":
         options = {"density": "auto", "trace": "exact" if dim <= 3 else "hutchinson", **options}
-    flow = make_flow(dim, num_blocks, block=block, **options)
-    if "first" in spec:  # step 1 (the data side, flows[-1]) built with its own options
-        flow.flows[-1] = make_flow(dim, 1, block=block, **{**options, **spec["first"]}).flows[-1]
-        StepSchedule.geometric(num_blocks).place(jko_steps(flow))
+    flow = make_flow(dim, num_blocks, block=block, first=spec.get("first"), **options)
     flow.flows.append(Standardize.fit(x_train))
     start = time.perf_counter()
     trainer = JKOTrainer(

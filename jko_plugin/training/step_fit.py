@@ -176,7 +176,8 @@ class StepFitter:
                         break
                 if it + 1 == probe:
                     spent = time.perf_counter() - began - check_seconds
-                    iterations = trained = self._revised(revise(it + 1, spent), it + 1)
+                    # Every rank must train the same iterations: rank 0's clock decides.
+                    iterations = trained = max(it + 1, ctx.broadcast_object(revise(it + 1, spent)))
                     if val is not None:  # the checks still ahead move with the new length
                         checks = set(check_iterations(iterations, opts.step_checks))
                     if optimizer[1] is not None:
@@ -187,12 +188,6 @@ class StepFitter:
             return trained, trained
         step.load_state_dict(best[1])
         return trained, best[2]
-
-    def _revised(self, iterations: int, done: int) -> int:
-        # Every rank must train the same number of iterations: rank 0's clock decides.
-        if self.ctx.active:
-            iterations = int(self.ctx.all_sum(torch.tensor([float(iterations * self.ctx.is_main)]))[0])
-        return max(done, iterations)
 
     @torch.no_grad()
     def validation_loss(
