@@ -28,6 +28,8 @@ before commit 7dca40d stay comparable; compare's `jko` is now `front-checks-lr1e
   front-checks-lr6e3, front-checks-lr1e2, front-checks-lr2e2, front-checks-lr1.5e3   front-checks
             with learning rate 6e-3, 1e-2, 2e-2 or 1.5e-3 instead of 3e-3 (gmm16, where block 1 still improves when its
             time ends; moons)
+  front-checks-lr1e2-fixedplan   front-checks-lr1e2 (compare's `jko`) with each block's length
+            fixed by the estimate before training (`TimeBudget.revise` off: the plan before commit 8264765)
   front-checks-b1024, front-checks-b256   front-checks with batches of 1,024 or 256 points
             instead of 512 (gmm16)
   iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
@@ -66,6 +68,8 @@ autoregressive RQ-spline layers, 64 hidden, geometric schedule):
   spline-bins64-front-tb3first-checks  spline-bins64-front-tb3-checks with B = 3 in step 1 only
             (the data side, where the standardised picture lies within 3); steps 2-4 keep B = 5,
             so latent draws beyond 3 are still moved when sampling
+  spline-bins64-front-tb3first-b256-checks  the same with batches of 256 points instead of 512:
+            a 64-bin iteration is mostly fixed per-op cost, so halving the batch buys iterations
   spline-bins64-w4211-checks  64 bins, shares (4, 2, 1, 1): steps 3 and 4 kept early iterates
   spline-bins64-front-wide-checks  64 bins, step 1 with 3 shares, 96 hidden units
   spline-lu-checks  spline-checks with an identity-initialised LU linear map opening each step
@@ -169,6 +173,13 @@ VARIANTS = {
             ("b256", dict(batch_size=256)),
         ]
     },
+    "front-checks-lr1e2-fixedplan": dict(
+        flow=dict(hidden=(64, 64), steps=2),
+        trainer=dict(step_checks=10, lr=1e-2),
+        weights=(3, 1, 1, 1, 1, 1),
+        passes=1,
+        revise=False,
+    ),
     "front-checks-4": dict(
         num_blocks=4,
         flow=dict(hidden=(64, 64), steps=2),
@@ -239,6 +250,14 @@ SPLINE_VARIANTS = {
         weights=(3, 1, 1, 1),
         passes=1,
     ),
+    "spline-bins64-front-tb3first-b256-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64),
+        first=dict(tail_bound=3.0),
+        trainer=dict(step_checks=10, batch_size=256),
+        weights=(3, 1, 1, 1),
+        passes=1,
+    ),
     "spline-bins64-w4211-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(4, 2, 1, 1), passes=1
     ),
@@ -277,6 +296,12 @@ COUPLING_VARIANTS = {
     ),
 }
 BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0, "tree": 300.0, "digits": 120.0}
+class FixedPlan(TimeBudget):
+    """A ``TimeBudget`` whose blocks keep the length planned before training (no ``revise``)."""
+
+    revise = None
+
+
 KINDS = {
     "ode": (VARIANTS, ["moons", "gmm16"]),
     "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"]),
@@ -320,7 +345,8 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
     x_sel = x_sel if trainer.options.step_checks else x_val
     costs = trainer.estimate_costs(x_train, x_sel)
     weights = spec["weights"] if spec["passes"] == 1 else None
-    plan = TimeBudget(budget, costs, num_blocks * spec["passes"], start=start, weights=weights)
+    budget_type = TimeBudget if spec.get("revise", True) else FixedPlan
+    plan = budget_type(budget, costs, num_blocks * spec["passes"], start=start, weights=weights)
     history = trainer.fit(x_train, x_sel, plan=plan)
     seconds = time.perf_counter() - start
     flow.eval()

@@ -57,6 +57,9 @@ PY
     curve) mkdir -p $OUT/curve; echo "== curve ($(date +%T))"
       flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods jko-spline,cfm,nsf \
         --budgets 15 30 60 --out $OUT/curve > $OUT/curve/log.txt 2>&1; echo "   exit $?" ;;
+    # jko-spline with step 1's splines on [-3, 3] in 2-D (FIRST_TAIL_BOUND), against its peers
+    moons_narrow) run moons_narrow --dataset moons --methods jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
+    checkerboard_narrow) run checkerboard_narrow --dataset checkerboard --methods jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
     moons) run moons --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;

@@ -31,7 +31,8 @@ class RunConfig:
     and ``spline_mix``, by default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``;
     coupling steps ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see
     ``make_coupling_step``; ``first_tail_bound``, spline and coupling steps: step 1's splines act
-    on ``[-B, B]`` with this ``B`` instead of the others' 5). Step sizes are geometric,
+    on ``[-B, B]`` with this ``B`` instead of the others' 5, by default ``FIRST_TAIL_BOUND`` for
+    spline steps up to d = 2, ``default_first_options``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or

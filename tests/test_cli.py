@@ -165,10 +165,10 @@ def test_first_tail_bound_option_reaches_step_one_and_misuse_is_one_line(tmp_pat
     from jko_plugin.cli import _overrides, build_parser
     from jko_plugin.workflows import build_flow, default_config
 
-    argv = ["train", "--data", "x.npy", "--out", "o", "--first-tail-bound", "3"]
+    argv = ["train", "--data", "x.npy", "--out", "o", "--first-tail-bound", "2.5"]
     flow = build_flow(default_config("spline", **_overrides(build_parser().parse_args(argv))), 2)
     bounds = [{m.tail_bound for m in s.modules() if hasattr(m, "tail_bound")} for s in jko_steps(flow)]
-    assert bounds == [{3.0}, {5.0}, {5.0}, {5.0}]
+    assert bounds == [{2.5}, {5.0}, {5.0}, {5.0}]
     np.save(tmp_path / "pts.npy", two_moons(200, seed=0).numpy())
     out = tmp_path / "run"
     argv = ["train", "--data", str(tmp_path / "pts.npy"), "--out", str(out), "--block", "ode"]
