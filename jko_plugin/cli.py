@@ -43,7 +43,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="spline and coupling steps: step 1's splines act on [-B, B] with this B (the others on "
-        "[-5, 5]; default 3 for spline steps in d <= 2, where the standardised data lie, else 5)",
+        "[-5, 5]; default 3 for spline steps on standardised data in d <= 2, else 5)",
     )
     p.add_argument(
         "--trace",

@@ -10,7 +10,13 @@ from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
 from .steps.block import DENSITIES, TRACE_ESTIMATORS
 from .steps.context import context_settings
-from .steps.kinds import COUPLING_MIXES, DEFAULT_COUPLING_MIX, DEFAULT_STEP_KIND, get_step_kind
+from .steps.kinds import (
+    COUPLING_MIXES,
+    DEFAULT_COUPLING_MIX,
+    DEFAULT_STEP_KIND,
+    default_first_options,
+    get_step_kind,
+)
 
 __all__ = ["RunConfig", "default_config"]
 
@@ -31,8 +37,8 @@ class RunConfig:
     and ``spline_mix``, by default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``;
     coupling steps ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see
     ``make_coupling_step``; ``first_tail_bound``, spline and coupling steps: step 1's splines act
-    on ``[-B, B]`` with this ``B`` instead of the others' 5, by default ``FIRST_TAIL_BOUND`` for
-    spline steps up to d = 2, ``default_first_options``). Step sizes are geometric,
+    on ``[-B, B]`` with this ``B`` instead of the others' 5; by default ``FIRST_TAIL_BOUND`` for
+    standardised data and spline steps up to d = 2, ``default_first_options``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
@@ -125,13 +131,19 @@ class RunConfig:
         options = {option: getattr(self, name) for name, option in kind.run_options.items()}
         return {**options, **context_settings(num_classes=self.num_classes, context_dim=self.context_dim)}
 
-    def first_step_options(self) -> dict:
-        """``make_flow``'s ``first``: step 1's builder options that differ from the others'.
+    def first_step_options(self, dim: int | None = None) -> dict:
+        """``make_flow``'s ``first``: step 1's builder options that differ from the others'. Without
+        ``first_tail_bound``, on standardised data of dimension ``dim``: the kind's
+        ``default_first_options`` (made for data that lie within about 3).
 
         >>> RunConfig(first_tail_bound=3.0).first_step_options()
         {'tail_bound': 3.0}
+        >>> RunConfig().first_step_options(2), RunConfig(standardize=False).first_step_options(2)
+        ({'tail_bound': 3.0}, {})
         """
-        return {} if self.first_tail_bound is None else {"tail_bound": float(self.first_tail_bound)}
+        if self.first_tail_bound is not None:
+            return {"tail_bound": float(self.first_tail_bound)}
+        return default_first_options(self.block, dim) if self.standardize and dim is not None else {}
 
     def scheduler(self, schedule: StepSchedule | None = None) -> JKOScheduler:
         """The ``JKOScheduler`` that samples this run's flow: geometric from the config, or on

@@ -55,7 +55,7 @@ def build_flow(config: RunConfig, dim: int, num_blocks: int | None = None) -> nf
             n,
             block=config.block,
             schedule=config.schedule.step_sizes[:n],
-            first=config.first_step_options(),
+            first=config.first_step_options(dim),
             **config.step_options(),
         )
 

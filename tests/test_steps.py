@@ -291,13 +291,17 @@ def test_step_one_may_take_a_narrower_spline_interval(tmp_path):
     config = RunConfig(num_blocks=3, spline_hidden=8, first_tail_bound=3.0)
     flow = build_flow(config, 2)
     assert [tail_bounds(s) for s in jko_steps(flow)] == [{3.0}, {5.0}, {5.0}]
-    # Spline steps narrow step 1 by default in d <= 2 only; 5 asks for the others' interval.
+    # On standardised data spline steps narrow step 1 by default in d <= 2 only; 5 keeps it wide.
     assert [tail_bounds(s) for s in jko_steps(build_flow(RunConfig(num_blocks=2), 2))] == [{3.0}, {5.0}]
     assert [tail_bounds(s) for s in jko_steps(build_flow(RunConfig(num_blocks=2), 3))] == [{5.0}, {5.0}]
     wide = RunConfig(num_blocks=2, first_tail_bound=5.0)
     assert [tail_bounds(s) for s in jko_steps(build_flow(wide, 2))] == [{5.0}, {5.0}]
     coupling = RunConfig(block="coupling", num_blocks=2)
     assert [tail_bounds(s) for s in jko_steps(build_flow(coupling, 2))] == [{5.0}, {5.0}]
+    # The default is made for standardised data: raw data, or make_flow alone, keep [-5, 5].
+    raw = RunConfig(num_blocks=2, standardize=False)
+    assert [tail_bounds(s) for s in jko_steps(build_flow(raw, 2))] == [{5.0}, {5.0}]
+    assert [tail_bounds(s) for s in jko_steps(make_flow(2, 2, block="spline"))] == [{5.0}, {5.0}]
     torch.manual_seed(0)
     perturb(flow)
     step1, step2 = jko_steps(flow)[:2]

@@ -212,6 +212,27 @@ def test_killed_mid_block_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer.json", "weights-002.safetensors"]
 
 
+def test_resume_refuses_the_same_weights_on_another_spline_interval(tmp_path):
+    # The interval is a setting, not a weight: step 1 of a 2-D spline flow on [-3, 3] (RunConfig's
+    # default on standardised data) and on [-5, 5] have the same parameter shapes but are
+    # different maps.
+    import json
+
+    x = moons(600)
+    narrow = make_flow(2, 2, block="spline", hidden=8, first={"tail_bound": 3.0})
+    small_trainer(narrow, [0.5, 1.0], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    wide = make_flow(2, 2, block="spline", hidden=8)
+    with pytest.raises(CheckpointError, match=r"another model \(spline intervals differ\)"):
+        small_trainer(wide, [0.5, 1.0], iterations=5).fit(x, checkpoint_dir=tmp_path, resume=True)
+    # A checkpoint written before the intervals were fingerprinted is compared on what it has.
+    state = json.loads((tmp_path / "trainer.json").read_text())
+    assert state["fingerprint"]["tail_bounds"] == [5.0, 5.0, 3.0, 3.0]  # normflows order: step 1 last
+    del state["fingerprint"]["tail_bounds"]
+    (tmp_path / "trainer.json").write_text(json.dumps(state))
+    hist = small_trainer(wide, [0.5, 1.0], iterations=5).fit(x, checkpoint_dir=tmp_path, resume=True)
+    assert len(hist.blocks) == 2
+
+
 def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
     x = moons(600)
     small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(
@@ -222,7 +243,7 @@ def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
         small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(
             x, checkpoint_dir=tmp_path
         )
-    with pytest.raises(CheckpointError, match="another model"):
+    with pytest.raises(CheckpointError, match="another model \\(parameter shapes differ\\)"):
         small_trainer(make_flow(2, 1, block="ode", hidden=(8,), steps=1), [0.5], iterations=5).fit(
             x, checkpoint_dir=tmp_path, resume=True
         )

@@ -210,8 +210,8 @@ class StepKind:
         run_options: ``RunConfig`` field -> ``build`` option, for the fields this kind uses.
         run_defaults: ``RunConfig`` values tuned for this kind (BENCHMARKS.md s.1).
         summary: One line for help texts.
-        first_defaults: ``first_defaults(dim) -> options``: step 1's own ``build`` options when
-            ``make_flow`` is given none (``default_first_options``).
+        first_defaults: ``first_defaults(dim) -> options``: step 1's own ``build`` options for
+            standardised data (``default_first_options``).
     """
 
     name: str
@@ -222,10 +222,11 @@ class StepKind:
     first_defaults: Callable[[int], dict] = field(default=lambda dim: {})  # noqa: ARG005
 
 
-#: Step 1's spline interval [-B, B] in ``jko-spline``'s flows up to ``FINE_SPLINE_MAX_DIM``: the
-#: standardised data lie within 3 there, and on [-3, 3] step 1's bins are 5/3 finer where they are.
-#: It won validation NLL on 6 of 6 runs (moons, checkerboard, 3 seeds) and on rose and tree with 64
-#: bins; the later steps keep 5, so latent draws beyond 3 are still moved (BENCHMARKS.md s.4.0).
+#: Step 1's spline interval [-B, B] of spline flows on standardised data up to
+#: ``FINE_SPLINE_MAX_DIM`` (``RunConfig``: ``train``, ``demo``, ``compare``). The data lie within 3
+#: there, and on [-3, 3] step 1's bins are 5/3 finer where they are. It won validation NLL on
+#: checkerboard (3 seeds of 3), tied on moons, won on rose and tree with 64 bins; the later steps
+#: keep 5, so latent draws beyond 3 are still moved (BENCHMARKS.md s.4.0).
 FIRST_TAIL_BOUND = 3.0
 
 
@@ -282,8 +283,9 @@ def default_step_kind(dim: int) -> str:
 
 
 def default_first_options(block: str, dim: int) -> dict:
-    """Step 1's (the data side's) builder options in ``make_flow`` when ``first`` does not name
-    them: ``{"tail_bound": FIRST_TAIL_BOUND}`` for spline steps up to ``FINE_SPLINE_MAX_DIM``.
+    """Step 1's (the data side's) builder options for standardised data, ``make_flow``'s ``first``
+    (``RunConfig`` passes them when it standardises): ``{"tail_bound": FIRST_TAIL_BOUND}`` for
+    spline steps up to ``FINE_SPLINE_MAX_DIM``. ``make_flow`` alone assumes nothing of the data.
 
     >>> default_first_options("spline", 2), default_first_options("spline", 3)
     ({'tail_bound': 3.0}, {})
@@ -319,8 +321,8 @@ def make_flow(
             default the geometric ``StepSchedule`` (the trainer re-places them on its own).
         first: Options of step 1 (the data side) that replace ``options`` there, e.g.
             ``{"tail_bound": 3.0}``: splines on a narrower interval where the standardised data
-            lie; on top of ``default_first_options(block, dim)`` (``{"tail_bound": 5.0}`` keeps
-            2-D spline steps' step 1 on the others' interval).
+            lie (``default_first_options(block, dim)``, what ``RunConfig`` asks for standardised
+            data).
         **options: Options of the kind's builder (``JKOBlock``: ``hidden``, ``steps``, ``solver``,
             ...; ``make_spline_step``: ``layers``, ``hidden``, ``bins``, ...), and the context
             options every kind takes.
@@ -337,9 +339,8 @@ def make_flow(
 
     kind = get_step_kind(block)
     positive_int("num_blocks", num_blocks)
-    step_one = {**default_first_options(block, dim), **(first or {})}
     try:
-        steps = [kind.build(dim, **{**options, **_first(step_one, k)}) for k in range(num_blocks)]
+        steps = [kind.build(dim, **{**options, **_first(first, k)}) for k in range(num_blocks)]
     except TypeError as err:
         names = sorted({*options, *(first or {})})
         raise ValueError(f"bad options {names} for block={block!r}: {err}") from err

@@ -34,11 +34,26 @@ class CheckpointError(ValueError):
 
 
 def fingerprint(module: nn.Module) -> dict:
-    """What must match between a model and a checkpoint: layer types and parameter shapes."""
+    """What must match between a model and a checkpoint: layer types, parameter shapes and the
+    splines' intervals (a setting, not a weight: the same weights on another interval are
+    another map)."""
     layers = getattr(module, "flows", None)
     kinds = [type(m).__name__ for m in layers] if layers is not None else [type(module).__name__]
     shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
-    return {"layers": kinds, "shapes": shapes}
+    bounds = [float(m.tail_bound) for m in module.modules() if getattr(m, "tail_bound", None) is not None]
+    return {"layers": kinds, "shapes": shapes, "tail_bounds": bounds}
+
+
+def check_model(module: nn.Module, saved: dict, directory: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` unless ``module`` is the model of the checkpoint in ``directory``,
+    whose fingerprint is ``saved``. A checkpoint written before a field was added is compared on
+    the fields it has."""
+    ours = fingerprint(module)
+    differ = sorted(key for key, value in saved.items() if ours.get(key) != value)
+    if differ:
+        names = {"layers": "layer types", "shapes": "parameter shapes", "tail_bounds": "spline intervals"}
+        what = ", ".join(names.get(key, key) for key in differ)
+        raise CheckpointError(f"checkpoint in {directory} holds another model ({what} differ)")
 
 
 def _atomic_write(path: Path, write: callable) -> None:
