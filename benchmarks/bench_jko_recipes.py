@@ -261,22 +261,17 @@ SPLINE_VARIANTS = {
         weights=(3, 1, 1, 1),
         passes=1,
     ),
-    "spline-bins64-3steps-front-tb3first-checks": dict(
-        num_blocks=3,
-        flow=dict(layers=2, bins=64),
-        first=dict(tail_bound=3.0),
-        trainer=dict(step_checks=10),
-        weights=(3, 1, 1),
-        passes=1,
-    ),
-    "spline-bins64-2steps-front-tb3first-checks": dict(
-        num_blocks=2,
-        flow=dict(layers=2, bins=64),
-        first=dict(tail_bound=3.0),
-        trainer=dict(step_checks=10),
-        weights=(3, 1),
-        passes=1,
-    ),
+    **{
+        f"spline-bins64-{n}steps-front-tb3first-checks": dict(
+            num_blocks=n,
+            flow=dict(layers=2, bins=64),
+            first=dict(tail_bound=3.0),
+            trainer=dict(step_checks=10),
+            weights=(3,) + (1,) * (n - 1),
+            passes=1,
+        )
+        for n in (2, 3)
+    },
     "spline-bins64-w4211-checks": dict(
         num_blocks=4, flow=dict(layers=2, bins=64), trainer=dict(step_checks=10), weights=(4, 2, 1, 1), passes=1
     ),
