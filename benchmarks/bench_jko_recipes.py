@@ -4,7 +4,9 @@ ODE variants (`--kind ode`, moons 60 s and gmm16 120 s; all 6 ODE blocks on the 
 of `density="auto"`, trained by `JKOTrainer` under a `TimeBudget` that includes its own cost
 calibration; data standardised by a `Standardize` layer fitted on the training split). Every
 variant trains with batches of 512 at lr 3e-3 unless its name says otherwise, so the runs recorded
-before commit 7dca40d stay comparable; compare's `jko` is now `front-checks-lr1e2`:
+before commit 7dca40d stay comparable, and with a tanh MLP unless its name says otherwise;
+compare's `jko` is now `front-checks-lr1e2-ode` in 2-D (`front-checks-lr1e2` takes the exact map
+density there) and `front-checks-lr1e2-silu-deep` above d = 3 (`default_velocity`):
 
   default   MLP 64x64 tanh, time-dependent, 2 RK4 steps, equal time per block (`jko-flow`'s default
             before block 1's three shares and lr 1e-2)
@@ -30,6 +32,11 @@ before commit 7dca40d stay comparable; compare's `jko` is now `front-checks-lr1e
             time ends; moons)
   front-checks-lr1e2-fixedplan   front-checks-lr1e2 (compare's `jko`) with each block's length
             fixed by the estimate before training (`TimeBudget.revise` off: the plan before commit 8264765)
+  front-checks-lr1e2-ode   front-checks-lr1e2 with the ODE density in every dimension: compare's
+            `jko` exactly (above d = 3 it is front-checks-lr1e2)
+  front-checks-lr1e2-silu, -softplus, -deep, -probes2   front-checks-lr1e2-ode with a SiLU or
+            softplus MLP instead of tanh, a third hidden layer of 64, or 2 Hutchinson probes instead
+            of 1 (gmm16, moons); -silu-deep, -silu-wide: SiLU with 3 x 64 or 2 x 128 hidden units
   front-checks-b1024, front-checks-b256   front-checks with batches of 1,024 or 256 points
             instead of 512 (gmm16)
   iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
@@ -183,6 +190,24 @@ VARIANTS = {
         passes=1,
         revise=False,
     ),
+    # compare's `jko` with one network or trace setting changed (gmm16, where it trails I-CFM)
+    **{
+        f"front-checks-lr1e2-{name}": dict(
+            flow={"hidden": (64, 64), "steps": 2, "density": "ode", **setting},
+            trainer=dict(step_checks=10, lr=1e-2),
+            weights=(3, 1, 1, 1, 1, 1),
+            passes=1,
+        )
+        for name, setting in [
+            ("ode", {}),
+            ("silu", dict(activation="silu")),
+            ("softplus", dict(activation="softplus")),
+            ("deep", dict(hidden=(64, 64, 64))),
+            ("probes2", dict(num_probes=2)),
+            ("silu-deep", dict(activation="silu", hidden=(64, 64, 64))),
+            ("silu-wide", dict(activation="silu", hidden=(128, 128))),
+        ]
+    },
     "front-checks-4": dict(
         num_blocks=4,
         flow=dict(hidden=(64, 64), steps=2),
@@ -309,7 +334,16 @@ COUPLING_VARIANTS = {
         num_blocks=4, flow=dict(layers=4, mix="lu"), trainer=_CHECKS, weights=None, passes=1
     ),
 }
-BUDGETS = {"moons": 60.0, "gmm16": 120.0, "checkerboard": 30.0, "rose": 300.0, "tree": 300.0, "digits": 120.0}
+BUDGETS = {
+    "moons": 60.0,
+    "gmm16": 120.0,
+    "gmm4": 60.0,
+    "gmm8": 60.0,
+    "checkerboard": 30.0,
+    "rose": 300.0,
+    "tree": 300.0,
+    "digits": 120.0,
+}
 class FixedPlan(TimeBudget):
     """A ``TimeBudget`` whose blocks keep the length planned before training (no ``revise``)."""
 
@@ -344,7 +378,9 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
     dim = x_train.shape[1]
     options = dict(spec["flow"])
     if block == "ode":
-        options = {"density": "auto", "trace": "exact" if dim <= 3 else "hutchinson", **options}
+        # tanh unless a variant names another: the MLP every variant here was measured with
+        trace = "exact" if dim <= 3 else "hutchinson"
+        options = {"density": "auto", "trace": trace, "activation": "tanh", **options}
     flow = make_flow(dim, num_blocks, block=block, first=spec.get("first"), **options)
     flow.flows.append(Standardize.fit(x_train))
     start = time.perf_counter()

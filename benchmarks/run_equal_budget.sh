@@ -36,6 +36,7 @@ PY
     gmm16) run gmm16 --dataset gmm16 --methods jko,jko-spline,jko-coupling,cfm --budget-seconds 120 --seeds 0,1,2 ;;
     gmm16_lr) run gmm16_lr --dataset gmm16 --methods jko,cfm --budget-seconds 120 --seeds 0,1,2 ;;
     gmm16_revise) run gmm16_revise --dataset gmm16 --methods jko,cfm --budget-seconds 120 --seeds 0,1,2 ;;
+    gmm16_silu) run gmm16_silu --dataset gmm16 --methods jko,cfm --budget-seconds 120 --seeds 0,1,2 ;;  # SiLU above d = 3
     gmm16_jko_ode) run gmm16_jko_ode --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     digits) run digits --dataset digits --methods jko-coupling,cfm,nsf --budget-seconds 120 --seeds 0,1,2 ;;  # 10 min a seed
     rose) run rose --dataset rose --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+from ._ops import ACTIVATIONS
 from ._validate import choice, positive, positive_int
 from .sampling.scheduler import JKOScheduler
 from .schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, StepSchedule
@@ -31,14 +32,15 @@ class RunConfig:
     ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations``, ``lr`` and
     ``first_share`` left at ``None`` take that kind's tuned values (``StepKind.run_defaults``);
     ``first_share`` is block 1's share of a wall-clock budget against 1 for each other block
-    (``budget_weights``, as ``compare`` trains). The fields a kind reads
-    are its ``StepKind.run_options`` (ODE blocks: ``hidden``, ``steps``, ``trace``, ``density``;
-    spline and coupling steps: ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins``
-    and ``spline_mix``, by default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``;
-    coupling steps ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see
-    ``make_coupling_step``; ``first_tail_bound``, spline and coupling steps: step 1's splines act
-    on ``[-B, B]`` with this ``B`` instead of the others' 5; by default ``FIRST_TAIL_BOUND`` for
-    standardised data and spline steps up to d = 2, ``default_first_options``). Step sizes are geometric,
+    (``budget_weights``, as ``compare`` trains). The fields a kind reads are its
+    ``StepKind.run_options`` (ODE blocks: ``hidden`` and ``activation``, by default
+    ``default_velocity(dim)``'s, ``steps``, ``trace``, ``density``; spline and coupling steps:
+    ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins`` and ``spline_mix``, by
+    default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``; coupling steps
+    ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see ``make_coupling_step``;
+    ``first_tail_bound``, spline and coupling steps: step 1's splines act on ``[-B, B]`` with this
+    ``B`` instead of the others' 5; by default ``FIRST_TAIL_BOUND`` for standardised data and
+    spline steps up to d = 2, ``default_first_options``). Step sizes are geometric,
     ``h_k = h0 * growth**(k-1)``.
     With ``standardize`` (default) the flow's data-side layer is a ``Standardize`` fitted on the
     training split, so NLLs and samples are in the data's own units. ``num_classes`` or
@@ -55,7 +57,8 @@ class RunConfig:
 
     block: str = DEFAULT_STEP_KIND
     num_blocks: int | None = None
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] | None = None
+    activation: str | None = None
     steps: int = 2
     trace: str = "auto"
     density: str = "ode"
@@ -83,6 +86,8 @@ class RunConfig:
         kind = get_step_kind(self.block)
         context_settings(num_classes=self.num_classes, context_dim=self.context_dim)
         choice("trace", self.trace, TRACE_ESTIMATORS)
+        if self.activation is not None:
+            choice("activation", self.activation, ACTIVATIONS)
         choice("density", self.density, DENSITIES)
         choice("coupling_mix", self.coupling_mix, COUPLING_MIXES)
         if self.spline_mix is not None:  # None: default_spline_mix(dim), known when the flow is built
@@ -102,7 +107,8 @@ class RunConfig:
                     "first_tail_bound is for steps made of splines (spline, coupling), "
                     f"not block={self.block!r}"
                 )
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.hidden is not None:  # None: default_velocity(dim), known when the flow is built
+            object.__setattr__(self, "hidden", tuple(self.hidden))
         self.schedule  # noqa: B018 - validates num_blocks, h0 and growth
 
     @property

@@ -221,6 +221,30 @@ def test_spline_bins_default_by_dimension_and_run_config():
         make_flow(2, 1, block="spline", bins=0)
 
 
+def test_velocity_default_by_dimension_and_run_config():
+    from jko_plugin.steps.block import SMALL_VELOCITY_MAX_DIM, default_velocity
+    from jko_plugin.workflows import RunConfig, build_flow
+
+    def velocities(flow):
+        return {(s.hidden, s.activation) for s in flow.flows if isinstance(s, JKOBlock)}
+
+    small, large = ((64, 64), "tanh"), ((64, 64, 64), "silu")
+    assert velocities(make_flow(SMALL_VELOCITY_MAX_DIM, 2, block="ode")) == {small}
+    assert velocities(make_flow(SMALL_VELOCITY_MAX_DIM + 1, 2, block="ode")) == {large}
+    assert JKOBlock(16, activation="elu").activation == "elu" and JKOBlock(16, (8,)).hidden == (8,)
+    assert [len(s.velocity.layers) for s in make_flow(16, 1, block="ode").flows[:1]] == [4]
+    assert velocities(build_flow(RunConfig(block="ode", num_blocks=2), 2)) == {small}
+    assert velocities(build_flow(RunConfig(block="ode", num_blocks=2), 16)) == {large}
+    assert default_velocity(16) == {"hidden": large[0], "activation": large[1]}
+    tanh = RunConfig(block="ode", num_blocks=2, hidden=[64, 64], activation="tanh")
+    assert velocities(build_flow(tanh, 16)) == {small}
+    # The resolved network is saved: a rebuilt block is the same map whatever the default becomes.
+    config = JKOBlock(16).config()
+    assert (config["hidden"], config["activation"]) == ([64, 64, 64], "silu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        RunConfig(block="ode", activation="relu")
+
+
 def test_mix_defaults_and_run_config():
     from jko_plugin.steps.coupling import IdentityInitLULinear
     from jko_plugin.steps.kinds import DEFAULT_COUPLING_MIX

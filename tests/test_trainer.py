@@ -233,6 +233,20 @@ def test_resume_refuses_the_same_weights_on_another_spline_interval(tmp_path):
     assert len(hist.blocks) == 2
 
 
+def test_resume_refuses_the_same_weights_through_another_activation(tmp_path):
+    # RunConfig's ODE blocks moved from tanh to SiLU: a tanh run resumed under the new default has
+    # the same parameter shapes, and would be another map.
+    x = moons(600)
+    tanh = make_flow(2, 1, block="ode", hidden=(16,), steps=1, activation="tanh")
+    small_trainer(tanh, [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path)
+    silu = make_flow(2, 1, block="ode", hidden=(16,), steps=1, activation="silu")
+    with pytest.raises(CheckpointError, match=r"another model \(activations differ\)"):
+        small_trainer(silu, [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path, resume=True)
+    again = make_flow(2, 1, block="ode", hidden=(16,), steps=1, activation="tanh")
+    hist = small_trainer(again, [0.5], iterations=5).fit(x, checkpoint_dir=tmp_path, resume=True)
+    assert len(hist.blocks) == 1
+
+
 def test_checkpoint_is_not_overwritten_by_a_fresh_or_foreign_run(tmp_path):
     x = moons(600)
     small_trainer(make_flow(2, 1, block="ode", hidden=(16,), steps=1), [0.5], iterations=5).fit(

@@ -255,7 +255,13 @@ STEP_KINDS: dict[str, StepKind] = {
     "ode": StepKind(
         "ode",
         JKOBlock,
-        {"hidden": "hidden", "steps": "steps", "trace": "trace", "density": "density"},
+        {
+            "hidden": "hidden",
+            "activation": "activation",
+            "steps": "steps",
+            "trace": "trace",
+            "density": "density",
+        },
         # Block 1 moves the data the most: 3 shares of a time budget; lr 1e-2 won at equal time on
         # gmm16 and moons, every seed against 3e-3 (BENCHMARKS.md s.4.0).
         {"num_blocks": 6, "iterations": 300, "lr": 1e-2, "steps": 2, "first_share": 3.0},

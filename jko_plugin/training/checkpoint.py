@@ -34,14 +34,15 @@ class CheckpointError(ValueError):
 
 
 def fingerprint(module: nn.Module) -> dict:
-    """What must match between a model and a checkpoint: layer types, parameter shapes and the
-    splines' intervals (a setting, not a weight: the same weights on another interval are
-    another map)."""
+    """What must match between a model and a checkpoint: layer types, parameter shapes, the
+    splines' intervals and the ODE blocks' activations (settings, not weights: the same weights on
+    another interval or through another activation are another map)."""
     layers = getattr(module, "flows", None)
     kinds = [type(m).__name__ for m in layers] if layers is not None else [type(module).__name__]
     shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
     bounds = [float(m.tail_bound) for m in module.modules() if getattr(m, "tail_bound", None) is not None]
-    return {"layers": kinds, "shapes": shapes, "tail_bounds": bounds}
+    activations = [m.activation for m in module.modules() if isinstance(getattr(m, "activation", None), str)]
+    return {"layers": kinds, "shapes": shapes, "tail_bounds": bounds, "activations": activations}
 
 
 def check_model(module: nn.Module, saved: dict, directory: str | os.PathLike) -> None:
@@ -51,7 +52,12 @@ def check_model(module: nn.Module, saved: dict, directory: str | os.PathLike) ->
     ours = fingerprint(module)
     differ = sorted(key for key, value in saved.items() if ours.get(key) != value)
     if differ:
-        names = {"layers": "layer types", "shapes": "parameter shapes", "tail_bounds": "spline intervals"}
+        names = {
+            "layers": "layer types",
+            "shapes": "parameter shapes",
+            "tail_bounds": "spline intervals",
+            "activations": "activations",
+        }
         what = ", ".join(names.get(key, key) for key in differ)
         raise CheckpointError(f"checkpoint in {directory} holds another model ({what} differ)")
 
