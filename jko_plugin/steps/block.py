@@ -37,8 +37,9 @@ DENSITIES = ("ode", "map", "auto")
 EXACT_MAP_MAX_DIM = 3
 #: Up to this dimension the velocity MLP defaults to 2 x 64 tanh, above it to 3 x 64 SiLU (the
 #: flow-matching peers' network). At equal time (compare's ``jko`` recipe, 3 seeds) SiLU lost every
-#: moons seed by 0.15-0.21 nats of validation NLL and won every gmm16 seed by 0.05-0.09, and its
-#: third layer won gmm16 again (BENCHMARKS.md s.4.0, "The velocity network").
+#: moons seed by 0.15-0.21 nats of validation NLL and won every gmm16 seed by 0.05-0.09; its third
+#: layer won every gmm16 seed again (0.11-0.16) and 3 x 64 SiLU every gmm8 seed (0.05), with a draw
+#: on the 354-row user table (BENCHMARKS.md s.4.0, "The velocity network").
 SMALL_VELOCITY_MAX_DIM = 3
 
 
