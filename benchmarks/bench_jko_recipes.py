@@ -190,7 +190,7 @@ VARIANTS = {
         passes=1,
         revise=False,
     ),
-    # compare's `jko` with one network or trace setting changed (gmm16, where it trails I-CFM)
+    # compare's `jko` with one network or trace setting changed (gmm16, where it trailed I-CFM)
     **{
         f"front-checks-lr1e2-{name}": dict(
             flow={"hidden": (64, 64), "steps": 2, "density": "ode", **setting},

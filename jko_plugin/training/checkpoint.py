@@ -52,12 +52,7 @@ def check_model(module: nn.Module, saved: dict, directory: str | os.PathLike) ->
     ours = fingerprint(module)
     differ = sorted(key for key, value in saved.items() if ours.get(key) != value)
     if differ:
-        names = {
-            "layers": "layer types",
-            "shapes": "parameter shapes",
-            "tail_bounds": "spline intervals",
-            "activations": "activations",
-        }
+        names = {"layers": "layer types", "shapes": "parameter shapes", "tail_bounds": "spline intervals"}
         what = ", ".join(names.get(key, key) for key in differ)
         raise CheckpointError(f"checkpoint in {directory} holds another model ({what} differ)")
 

@@ -20,7 +20,7 @@ from ..steps.base import ProximalStep
 from ..steps.block import JKOBlock
 from ..steps.context import check_flow_context
 from ..steps.kinds import fresh_like, jko_steps
-from . import checkpoint as ckpt
+from . import checkpoint
 from .budget import FixedIterations, IterationCosts, IterationPlan
 from .checkpoint import CheckpointError, commit_checkpoint, fingerprint, load_checkpoint, open_checkpoint
 from .distributed import DistributedContext, setup, shard
@@ -412,7 +412,7 @@ class JKOTrainer:
         # Blocks appended by max_blocks in the saved run are appended here too (weights come from the file).
         grow_to(self.flow, int(meta["num_steps"]), seed=self.options.seed * 100003 + 50000)
         self.schedule = StepSchedule(tuple(sizes))
-        ckpt.check_model(self.flow, meta["fingerprint"], directory)
+        checkpoint.check_model(self.flow, meta["fingerprint"], directory)
         self.flow.load_state_dict(weights)
         self.history = TrainingHistory.from_dict(meta["history"])
         return int(meta["blocks_trained"])
