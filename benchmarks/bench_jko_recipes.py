@@ -123,6 +123,8 @@ from jko_plugin.steps.block import EXACT_MAP_MAX_DIM
 from jko_plugin.steps.normalize import Standardize
 from jko_plugin.workflows import ode_density
 
+from bench_rq_spline import set_evaluation
+
 VARIANTS = {
     "default": dict(flow=dict(hidden=(64, 64), steps=2), trainer=dict(), weights=None, passes=1),
     "front": dict(flow=dict(hidden=(64, 64), steps=2), trainer=dict(), weights=(3, 1, 1, 1, 1, 1), passes=1),
@@ -278,6 +280,25 @@ SPLINE_VARIANTS = {
         weights=(3, 1, 1, 1),
         passes=1,
     ),
+    # the same with normflows' own spline evaluation (masked indexing) instead of rq_spline's
+    "spline-bins64-front-tb3first-nfspline-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=64),
+        first=dict(tail_bound=3.0),
+        trainer=dict(step_checks=10),
+        weights=(3, 1, 1, 1),
+        passes=1,
+        normflows_spline=True,
+    ),
+    "spline-bins16-tb3first-nfspline-checks": dict(
+        num_blocks=4,
+        flow=dict(layers=2, bins=16),
+        first=dict(tail_bound=3.0),
+        trainer=dict(step_checks=10),
+        weights=None,
+        passes=1,
+        normflows_spline=True,
+    ),
     "spline-bins64-front-tb3first-b256-checks": dict(
         num_blocks=4,
         flow=dict(layers=2, bins=64),
@@ -382,6 +403,8 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
         trace = "exact" if dim <= 3 else "hutchinson"
         options = {"density": "auto", "trace": trace, "activation": "tanh", **options}
     flow = make_flow(dim, num_blocks, block=block, first=spec.get("first"), **options)
+    if spec.get("normflows_spline"):
+        set_evaluation(flow, ours=False)
     flow.flows.append(Standardize.fit(x_train))
     start = time.perf_counter()
     trainer = JKOTrainer(

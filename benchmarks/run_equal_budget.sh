@@ -50,6 +50,9 @@ PY
     # jko-spline-64 with step 1's splines on [-3, 3] and blocks that re-plan their length
     pictures_narrow) run tree_spline64_narrow --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0,1
       run rose_spline64_narrow --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0,1 ;;
+    # jko-spline-64 with rq_spline's evaluation (1.3x the iterations of normflows' in the same time)
+    rose_fast_spline) run rose_fast_spline --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0,1,2 ;;
+    tree_fast_spline) run tree_fast_spline --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0,1,2 ;;
     tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;
     diabetes_spline) run diabetes_spline --dataset benchmarks/data/diabetes_raw.csv --methods jko-spline --budget-seconds 120 --seeds 0,1,2 ;;

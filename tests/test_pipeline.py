@@ -115,6 +115,7 @@ def test_every_supported_layer_is_rebuilt_from_its_description(name):
         "AutoregressiveRationalQuadraticSpline": lambda: cls(
             3, 2, 8, num_bins=5, tail_bound=2.5, activation=torch.nn.Tanh, permute_mask=True
         ),
+        "AutoregressiveRQSpline": lambda: cls(3, 2, 8, num_bins=5, tail_bound=2.5, activation=torch.nn.Tanh),
         "CoupledRationalQuadraticSpline": lambda: cls(3, 1, 8, reverse_mask=True, activation=torch.nn.ELU),
         "LULinearPermute": lambda: cls(3, identity_init=False),
         "Permute": lambda: cls(3, mode="shuffle"),

@@ -263,7 +263,7 @@ def test_mix_defaults_and_run_config():
     # spline steps: no mixing in 2-D (the recipe measured there), an LU map above
     from jko_plugin.steps.kinds import FINE_SPLINE_MAX_DIM, default_spline_mix
 
-    autoregressive = {"AutoregressiveRationalQuadraticSpline"}
+    autoregressive = {"AutoregressiveRQSpline"}
     assert first_layers(make_flow(FINE_SPLINE_MAX_DIM, 2, block="spline", hidden=8)) == autoregressive
     lu = {"IdentityInitLULinear"}
     assert first_layers(make_flow(FINE_SPLINE_MAX_DIM + 1, 2, block="spline", hidden=8)) == lu

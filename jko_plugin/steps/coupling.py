@@ -7,6 +7,8 @@ import math
 import normflows as nf
 import torch
 
+from .rq_spline import use_fast_spline
+
 __all__ = ["IdentityInitCoupledRQSpline", "IdentityInitLULinear"]
 
 
@@ -18,7 +20,8 @@ class IdentityInitCoupledRQSpline(nf.flows.CoupledRationalQuadraticSpline):
     are zero and its bias gives equal bin widths and heights and unit derivatives at the knots:
     the identity inside ``[-tail_bound, tail_bound]``, and the linear tails are the identity too.
     Inverting is as cheap as the forward pass (one conditioner pass), unlike an autoregressive
-    spline, which needs ``d`` passes to sample.
+    spline, which needs ``d`` passes to sample. The spline is evaluated by
+    ``rational_quadratic_spline`` (normflows' map, without masked indexing).
 
     Takes ``CoupledRationalQuadraticSpline``'s arguments.
 
@@ -32,6 +35,7 @@ class IdentityInitCoupledRQSpline(nf.flows.CoupledRationalQuadraticSpline):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         coupling = self.prqct
+        use_fast_spline(coupling)
         last = coupling.transform_net.final_layer
         bins = coupling.num_bins
         per_feature = coupling._transform_dim_multiplier()

@@ -108,7 +108,8 @@ def make_spline_step(
     num_classes: int | None = None,
     embed_dim: int | None = None,
 ) -> JKOStep:
-    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers (normflows' own),
+    """One JKO step of ``layers`` autoregressive rational-quadratic spline layers
+    (``AutoregressiveRQSpline``: normflows' layer with a faster spline evaluation),
     with coordinate reversals between them (``bins``: ``default_spline_bins(dim)`` when ``None``).
     With ``context_dim`` or ``num_classes`` the splines' conditioners see the context (their
     ``num_context_channels``; labels through the step's embedding, ``ContextEncoder``). ``mix``
@@ -129,7 +130,7 @@ def make_spline_step(
     for i in range(layers):
         specs.append(
             {
-                "class": "AutoregressiveRationalQuadraticSpline",
+                "class": "AutoregressiveRQSpline",
                 "kwargs": {
                     "num_input_channels": dim,
                     "num_blocks": res_blocks,

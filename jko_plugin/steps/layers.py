@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .._validate import choice
 from .coupling import IdentityInitCoupledRQSpline, IdentityInitLULinear
 from .normalize import Standardize
+from .rq_spline import AutoregressiveRQSpline
 
 __all__ = ["LAYER_TYPES", "LayerType", "build_layer", "describe_layer", "flow_nfe", "layer_nfe"]
 
@@ -159,6 +160,12 @@ LAYER_TYPES: dict[str, LayerType] = {
         nf.flows.AutoregressiveRationalQuadraticSpline,
         _describe_arqs,
         _with_activation(nf.flows.AutoregressiveRationalQuadraticSpline),
+        _autoregressive,
+    ),
+    "AutoregressiveRQSpline": LayerType(
+        AutoregressiveRQSpline,
+        _describe_arqs,
+        _with_activation(AutoregressiveRQSpline),
         _autoregressive,
     ),
     "CoupledRationalQuadraticSpline": LayerType(
