@@ -103,3 +103,43 @@ def test_layer_saves_under_its_own_name_and_the_old_name_still_loads() -> None:
     assert set(old.state_dict()) == set(fresh.state_dict())
     with pytest.raises(TypeError, match="no fast spline for a Linear"):
         use_fast_spline(torch.nn.Linear(2, 2))
+
+
+def test_float32_inverse_on_the_knots_is_finite_and_exact() -> None:
+    # On a knot the inverse's discriminant is 0 up to rounding; normflows asserts it is >= 0 and can
+    # fail in float32, ours clamps it and lands on the knot.
+    bins, bound = 32, 3.0
+    g = torch.Generator().manual_seed(5)
+    w, h = torch.randn(1, 1, bins, generator=g), torch.randn(1, 1, bins, generator=g)
+    d = torch.randn(1, 1, bins - 1, generator=g)
+
+    def knots(u: torch.Tensor) -> torch.Tensor:
+        share = 1e-3 + (1 - 1e-3 * bins) * torch.softmax(u, -1)
+        return torch.cat([torch.zeros(1), torch.cumsum(share, -1).flatten()]) * 2 * bound - bound
+
+    xk, yk = knots(w)[1:-1], knots(h)[1:-1]
+    n = xk.numel()
+    x, _ = rational_quadratic_spline(
+        yk[:, None],
+        h.expand(n, 1, bins),
+        h.expand(n, 1, bins),
+        d.expand(n, 1, bins - 1),
+        inverse=True,
+        tail_bound=bound,
+    )
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(x[:, 0], yk, rtol=0, atol=1e-5)  # widths = heights here: the identity on knots
+    y, _ = rational_quadratic_spline(
+        xk[:, None], w.expand(n, 1, bins), h.expand(n, 1, bins), d.expand(n, 1, bins - 1), tail_bound=bound
+    )
+    back, log_deriv = rational_quadratic_spline(
+        y,
+        w.expand(n, 1, bins),
+        h.expand(n, 1, bins),
+        d.expand(n, 1, bins - 1),
+        inverse=True,
+        tail_bound=bound,
+    )
+    assert torch.isfinite(log_deriv).all()
+    torch.testing.assert_close(y[:, 0], yk, rtol=0, atol=1e-5)
+    torch.testing.assert_close(back[:, 0], xk, rtol=0, atol=1e-5)

@@ -183,7 +183,8 @@ def _latent_to_data(flow: Flow, z: Tensor, c: Tensor | None) -> tuple[Tensor, Te
     """``flow(z)`` (with ``c`` when it takes a context). normflows' rational-quadratic spline
     inverse asserts a non-negative discriminant, which float32 rounding can break for a point on a
     bin edge (seen while sampling a trained d = 64 coupling flow): that layer is then evaluated
-    once more in float64 and the result cast back."""
+    once more in float64 and the result cast back. (The layers built on ``rq_spline`` clamp the
+    discriminant at 0 instead, so only plain normflows layers take this path.)"""
 
     def call(layer: Flow, zz: Tensor, cc: Tensor | None) -> tuple[Tensor, Tensor]:
         return layer(zz, context=cc) if cc is not None and _takes_context(layer) else layer(zz)
