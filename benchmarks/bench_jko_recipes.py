@@ -280,25 +280,6 @@ SPLINE_VARIANTS = {
         weights=(3, 1, 1, 1),
         passes=1,
     ),
-    # the same with normflows' own spline evaluation (masked indexing) instead of rq_spline's
-    "spline-bins64-front-tb3first-nfspline-checks": dict(
-        num_blocks=4,
-        flow=dict(layers=2, bins=64),
-        first=dict(tail_bound=3.0),
-        trainer=dict(step_checks=10),
-        weights=(3, 1, 1, 1),
-        passes=1,
-        normflows_spline=True,
-    ),
-    "spline-bins16-tb3first-nfspline-checks": dict(
-        num_blocks=4,
-        flow=dict(layers=2, bins=16),
-        first=dict(tail_bound=3.0),
-        trainer=dict(step_checks=10),
-        weights=None,
-        passes=1,
-        normflows_spline=True,
-    ),
     "spline-bins64-front-tb3first-b256-checks": dict(
         num_blocks=4,
         flow=dict(layers=2, bins=64),
@@ -341,6 +322,12 @@ SPLINE_VARIANTS = {
         num_blocks=4, flow=dict(layers=2, hidden=128, bins=16), trainer=dict(step_checks=10), weights=None, passes=1
     ),
 }
+# Each recipe again with normflows' own spline evaluation (masked indexing) instead of rq_spline's.
+for _name in ("spline-bins64-front-tb3first-checks", "spline-bins16-tb3first-checks"):
+    SPLINE_VARIANTS[_name.replace("-checks", "-nfspline-checks")] = {
+        **SPLINE_VARIANTS[_name],
+        "normflows_spline": True,
+    }
 #: ``--kind coupling``: coupling spline steps (``jko-coupling``, the default kind above d = 16) on
 #: digits (d = 64), where the alternating masks split the coordinates the same way in every layer.
 _CHECKS = dict(step_checks=10)

@@ -52,6 +52,7 @@ PY
       run rose_spline64_narrow --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0,1 ;;
     # jko-spline-64 with rq_spline's evaluation (1.3x the iterations of normflows' in the same time)
     rose_fast_spline) run rose_fast_spline --dataset rose --methods jko-spline-64 --budget-seconds 300 --seeds 0,1,2 ;;
+    moons_fast_spline) run moons_fast_spline --dataset moons --methods jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     tree_fast_spline) run tree_fast_spline --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0,1,2 ;;
     tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;
     diabetes_coupling) run diabetes_coupling --dataset benchmarks/data/diabetes_raw.csv --methods jko-coupling --budget-seconds 120 --seeds 0,1,2 ;;

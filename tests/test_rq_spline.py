@@ -119,27 +119,16 @@ def test_float32_inverse_on_the_knots_is_finite_and_exact() -> None:
 
     xk, yk = knots(w)[1:-1], knots(h)[1:-1]
     n = xk.numel()
-    x, _ = rational_quadratic_spline(
-        yk[:, None],
-        h.expand(n, 1, bins),
-        h.expand(n, 1, bins),
-        d.expand(n, 1, bins - 1),
-        inverse=True,
-        tail_bound=bound,
-    )
+
+    def spline(points: torch.Tensor, widths: torch.Tensor, inverse: bool = False) -> tuple:
+        params = widths.expand(n, 1, bins), h.expand(n, 1, bins), d.expand(n, 1, bins - 1)
+        return rational_quadratic_spline(points, *params, inverse=inverse, tail_bound=bound)
+
+    x, _ = spline(yk[:, None], h, inverse=True)
     assert torch.isfinite(x).all()
     torch.testing.assert_close(x[:, 0], yk, rtol=0, atol=1e-5)  # widths = heights here: the identity on knots
-    y, _ = rational_quadratic_spline(
-        xk[:, None], w.expand(n, 1, bins), h.expand(n, 1, bins), d.expand(n, 1, bins - 1), tail_bound=bound
-    )
-    back, log_deriv = rational_quadratic_spline(
-        y,
-        w.expand(n, 1, bins),
-        h.expand(n, 1, bins),
-        d.expand(n, 1, bins - 1),
-        inverse=True,
-        tail_bound=bound,
-    )
+    y, _ = spline(xk[:, None], w)
+    back, log_deriv = spline(y, w, inverse=True)
     assert torch.isfinite(log_deriv).all()
     torch.testing.assert_close(y[:, 0], yk, rtol=0, atol=1e-5)
     torch.testing.assert_close(back[:, 0], xk, rtol=0, atol=1e-5)

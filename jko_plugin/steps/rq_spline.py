@@ -3,9 +3,9 @@ r"""normflows' rational-quadratic spline with linear tails, evaluated without ma
 normflows (after nflows) selects the points inside ``[-B, B]`` with a boolean mask, evaluates the
 spline on that subset and scatters the results back: per call a ``nonzero``, an index of every
 parameter tensor and two ``index_put``\ s, each again in backward. Here every point is evaluated
-at its input clamped to the interval and the tails are chosen with ``torch.where``; the bin's six
-knot values come from two gathers per table instead of seven. Same formulas, same parameters, the
-same numbers (equal in float64; BENCHMARKS.md s.2 gives the speed).
+at its input clamped to the interval and the tails are chosen with ``torch.where``; the bin's
+values come from six gathers, the two ends of the bin in each knot table (normflows: seven). Same
+formulas, same parameters, the same numbers (equal in float64; BENCHMARKS.md s.2 gives the speed).
 """
 
 from __future__ import annotations
