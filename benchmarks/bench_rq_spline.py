@@ -17,16 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from normflows.flows.neural_spline.autoregressive import MaskedPiecewiseRationalQuadraticAutoregressive
-from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCoupling
 
 from jko_plugin.steps.kinds import make_coupling_step, make_spline_step
-from jko_plugin.steps.rq_spline import _FastAutoregressive, _FastCoupling
+from jko_plugin.steps.rq_spline import _FAST
 
-PAIRS = {
-    _FastAutoregressive: MaskedPiecewiseRationalQuadraticAutoregressive,
-    _FastCoupling: PiecewiseRationalQuadraticCoupling,
-}
+PAIRS = {fast: plain for plain, fast in _FAST.items()}  # our transform -> normflows' own
 
 
 def set_evaluation(module: torch.nn.Module, ours: bool) -> None:
