@@ -49,6 +49,7 @@ class RunConfig:
     step keeps the best of ``step_checks`` iterates on it (its proximal loss, ``TrainerOptions``;
     with ``step_patience``, stopping after that many checks in a row without a better one) and the
     flow is cut after the step with the best NLL on it (``JKOTrainer.keep_best_steps``).
+    ``compile`` trains each step through ``torch.compile`` (``TrainerOptions.compile``).
 
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
@@ -81,6 +82,7 @@ class RunConfig:
     step_patience: int = 0
     first_share: float | None = None
     first_tail_bound: float | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         kind = get_step_kind(self.block)

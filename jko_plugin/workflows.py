@@ -73,6 +73,7 @@ def make_trainer(
         seed=config.seed,
         step_checks=config.step_checks if config.keep_best else 0,
         step_patience=config.step_patience if config.keep_best and config.step_checks else 0,
+        compile=config.compile,
     )
     settings.update(options)
     return JKOTrainer(flow, config.scheduler(), **settings)

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="torch device every method trains on (default: CUDA when available, else cpu)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train the JKO rows through torch.compile, its compilation inside their budget "
+        "(the peers train as before)",
+    )
     parser.add_argument("--out", default="compare_out", help="output directory")
     parser.add_argument(
         "--num-train",
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         regularity_columns=getattr(args, "regularity", False),
         verbose=True,
         device=args.device,
+        compile=getattr(args, "compile", False),
     )
     from ..plotting import PLOT_NOTE, can_plot
 

@@ -2,6 +2,7 @@ r"""The comparison's methods: each trains within a budget, samples, scores log-p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,10 +45,13 @@ BATCH_SIZE = 512
 
 @dataclass(frozen=True)
 class Budget:
-    """What every method gets: ``seconds`` of wall clock or ``steps`` gradient steps (exactly one)."""
+    """What every method gets: ``seconds`` of wall clock or ``steps`` gradient steps (exactly one).
+    ``compile``: the JKO rows train through ``torch.compile`` (its compilation inside their
+    budget); the peers' loops are left as their libraries run them."""
 
     seconds: float | None = None
     steps: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.steps is None):
@@ -160,8 +164,9 @@ class JKOMethod(Method):
         start = time.perf_counter()
         # Each prefix of a JKO flow is a model of its own: the number of steps is chosen on x_sel.
         x, x_sel = self.selection_split(x, seed)
-        config = self.config(x.shape[1], seed)
+        config = dataclasses.replace(self.config(x.shape[1], seed), compile=budget.compile)
         flow, _, details = fit_selected_jko(config, x, x_sel, budget, start)
+        details["compiled"] = config.compile
         seconds = time.perf_counter() - start
 
         # One model per row: NLL and samples come from one map. Blocks with an exact map density

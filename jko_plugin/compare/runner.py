@@ -236,6 +236,7 @@ def compare(
     regularity_columns: bool = False,
     verbose: bool = False,
     device: str | torch.device | None = "cpu",
+    compile: bool = False,
 ) -> list[dict]:
     """Train ``methods`` on ``dataset`` with one budget and evaluate them on the same held-out points.
 
@@ -275,6 +276,7 @@ def compare(
         verbose: Print progress and the table.
         device: Where every method trains and samples (``None``: CUDA when available); the
             metrics are computed on the CPU.
+        compile: Train the JKO rows through ``torch.compile`` (``Budget.compile``).
 
     Returns:
         One record per method (see the module docstring for the keys). A model whose test
@@ -286,7 +288,7 @@ def compare(
         FileNotFoundError: A data file that does not exist.
     """
     names = _methods(methods)
-    budget = Budget(budget_seconds, steps)
+    budget = Budget(budget_seconds, steps, compile)
     device = resolve_device(device)
     distill_steps = parse_steps(distill)
     for name, v in (

@@ -285,7 +285,7 @@ class JKOBlock(ProximalStep):
         if trace and not self._use_exact_trace():
             probes = torch.randint(0, 2, (x.shape[0], self.num_probes, self.dim), device=x.device)
             probes = probes.to(x.dtype) * 2 - 1
-        t0, t1 = (float(v) for v in self.interval)
+        t0, t1 = self.interval  # tensors, not floats: .item() would split a torch.compile graph
         scale = 1.0 / (t1 - t0)
 
         # Integrate in normalised time s in [0, 1]: dx/ds = f(x, s); |f|^2 dt = |f|^2 ds (with the

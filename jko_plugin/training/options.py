@@ -89,6 +89,11 @@ class TrainerOptions:
         step_patience: With ``step_checks``: stop a step's training after this many checks in a
             row without a better score, and give the time left to the blocks after it (under a
             ``TimeBudget``). 0: train every planned iteration.
+        compile: Train each step through ``torch.compile`` (its transport and loss, forward and
+            backward): 1.3-1.5x faster iterations on CPU after a one-off compilation (tens of
+            seconds the first time; inductor's on-disk cache makes later runs start in seconds).
+            Steps of one architecture share the compiled graph. One process only (ignored under
+            ``torchrun``); the model is the same, so it is not a model option.
         device: Device to train on (default: where the flow's parameters are).
         chunk_size: Rows per chunk when pushing data through trained blocks (bounds memory).
         eval_size: Held-out points used for the per-block NLL, KL estimate and inversion error.
@@ -117,6 +122,7 @@ class TrainerOptions:
     adapt: tuple[str, ...] = ()
     step_checks: int = 0
     step_patience: int = 0
+    compile: bool = False
     device: str | None = None
     chunk_size: int = 8192
     eval_size: int = 2000

@@ -15,7 +15,10 @@ from .distributed import DistributedContext, LossTerms, wrap_ddp
 from .history import StepEvent
 from .options import OPTIMIZERS, TrainerOptions, TrainingDiverged
 
-__all__ = ["StepFitter", "check_iterations", "probe_iterations"]
+__all__ = ["StepFitter", "check_iterations", "probe_iterations", "proximal_terms"]
+
+#: ``torch.compile``'s backend under ``TrainerOptions(compile=True)``.
+COMPILE_BACKEND = "inductor"
 
 
 class StepFitter:
@@ -64,6 +67,11 @@ class StepFitter:
         """The three loss terms on ``batch`` (see ``loss_terms``), through DDP when it wraps the step
         (``context``: the batch's rows' contexts, for a conditional step)."""
         if ddp is None:
+            if self.options.compile:
+                # h as a tensor: a float would be a constant of the graph, one compilation per step
+                h_t = torch.tensor(h, dtype=batch.dtype, device=batch.device)
+                kinetic = self.options.transport_cost == "kinetic"
+                return _compiled_terms()(step, batch, h_t, context, kinetic)
             return self.loss_terms(step, step.transport(batch, context=context), h)
         given = {} if context is None else {"context": context}
         return self.ctx.guard("DDP forward", lambda: ddp(batch, **given))
@@ -107,7 +115,8 @@ class StepFitter:
         without a better score (the time left goes to the blocks after it).
         ``revise`` (a time budget's, ``TimeBudget.revise``) gets the seconds of the first
         ``probe_iterations(iterations)`` iterations (checks left out) and returns the block's new
-        number of iterations; the checks and the cosine schedule follow it.
+        number of iterations (the first iteration's time is replaced by the others' mean: it may
+        compile); the checks and the cosine schedule follow it.
         Returns ``(iterations trained, iterations behind the weights kept)``."""
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
@@ -133,7 +142,7 @@ class StepFitter:
             leave=False,
         )
         probe = probe_iterations(iterations) if revise is not None else None
-        began, check_seconds = time.perf_counter(), 0.0
+        began, check_seconds, untimed = time.perf_counter(), 0.0, 0
         devices = [data.device.index or 0] if data.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # Hutchinson probes, if any
@@ -155,6 +164,9 @@ class StepFitter:
                     )
                 lr = optimizer[0].param_groups[0]["lr"]
                 self.update(loss, ddp, optimizer, params)
+                if it == 0 and probe is not None and probe > 1:
+                    # Iteration 1 may compile (``compile``) or warm caches: the rate is timed after it.
+                    began, untimed = time.perf_counter(), 1
                 if on_step is not None:  # float() waits for the device: only when asked for
                     values = [float(t.detach()) for t in terms]
                     on_step(StepEvent(k, it, sum(values), *values, lr))
@@ -175,7 +187,7 @@ class StepFitter:
                         trained = it + 1
                         break
                 if it + 1 == probe:
-                    spent = time.perf_counter() - began - check_seconds
+                    spent = (time.perf_counter() - began - check_seconds) * (it + 1) / (it + 1 - untimed)
                     # Every rank must train the same iterations: rank 0's clock decides.
                     iterations = trained = max(it + 1, ctx.broadcast_object(revise(it + 1, spent)))
                     if val is not None:  # the checks still ahead move with the new length
@@ -206,13 +218,7 @@ class StepFitter:
     def loss_terms(self, step: ProximalStep, out: Transport, h: float) -> tuple[Tensor, Tensor, Tensor]:
         """Batch means of ``|T(x)|^2/2``, ``-log|det dT|`` (``nan`` without it) and the proximal
         transport term."""
-        potential = 0.5 * out.z.square().sum(-1).mean()
-        neg_log_det = -out.log_det.mean() if out.log_det is not None else out.z.new_tensor(math.nan)
-        if self.options.transport_cost == "kinetic" and out.kinetic_energy is not None:
-            cost = out.kinetic_energy * step.duration
-        else:
-            cost = out.sq_displacement
-        return potential, neg_log_det, cost.mean() / (2 * h)
+        return proximal_terms(step, out, h, kinetic=self.options.transport_cost == "kinetic")
 
     @torch.no_grad()
     def push(self, layer: nn.Module, data: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -273,6 +279,36 @@ class StepFitter:
         sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
         val_z, val_ld = self.push(step, val, context_val)
         return torch.cat(zs), sums, val_z, val_ld, inv_err
+
+
+def proximal_terms(
+    step: ProximalStep, out: Transport, h: float | Tensor, kinetic: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch means of ``|T(x)|^2/2``, ``-log|det dT|`` (``nan`` without it) and the transport
+    term ``|T(x) - x|^2 / (2h)`` (``kinetic``: the kinetic energy times the step's duration,
+    where the step reports one)."""
+    potential = 0.5 * out.z.square().sum(-1).mean()
+    neg_log_det = -out.log_det.mean() if out.log_det is not None else out.z.new_tensor(math.nan)
+    use_kinetic = kinetic and out.kinetic_energy is not None
+    cost = out.kinetic_energy * step.duration if use_kinetic else out.sq_displacement
+    return potential, neg_log_det, cost.mean() / (2 * h)
+
+
+def _transport_terms(
+    step: ProximalStep, batch: Tensor, h: float | Tensor, context: Tensor | None, kinetic: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    return proximal_terms(step, step.transport(batch, context=context), h, kinetic)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_terms() -> Callable:
+    # One compiled function for every step and fitter: dynamo's cache lives on the function, and
+    # its guards (the step's structure, not its identity) let steps of one architecture share a graph.
+    if COMPILE_BACKEND not in _COMPILED:
+        _COMPILED[COMPILE_BACKEND] = torch.compile(_transport_terms, backend=COMPILE_BACKEND)
+    return _COMPILED[COMPILE_BACKEND]
 
 
 def _stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, total: int) -> None:
