@@ -110,3 +110,15 @@ def test_compile_flag_reaches_the_trainer_and_compare_rows(graphs, tmp_path):
     assert by["jko-spline"]["details"]["compiled"] is True
     assert "compiled" not in by["cfm"]["details"]
     assert len(graphs) >= 1
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    def missing():
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    monkeypatch.setattr(step_fit, "_COMPILED", {})
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        _train("spline", True, layers=1, hidden=8, bins=4)

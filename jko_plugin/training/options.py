@@ -90,8 +90,8 @@ class TrainerOptions:
             row without a better score, and give the time left to the blocks after it (under a
             ``TimeBudget``). 0: train every planned iteration.
         compile: Train each step through ``torch.compile`` (its transport and loss, forward and
-            backward): 1.3-1.5x faster iterations on CPU after a one-off compilation (tens of
-            seconds the first time; inductor's on-disk cache makes later runs start in seconds).
+            backward): 1.2-2.2x faster iterations on CPU after a one-off compilation (35-80 s the
+            first time; inductor's on-disk cache makes later runs start in seconds).
             Steps of one architecture share the compiled graph. One process only (ignored under
             ``torchrun``); the model is the same, so it is not a model option.
         device: Device to train on (default: where the flow's parameters are).

@@ -300,15 +300,30 @@ def _transport_terms(
     return proximal_terms(step, step.transport(batch, context=context), h, kinetic)
 
 
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[object, Callable] = {}  # by backend
 
 
 def _compiled_terms() -> Callable:
     # One compiled function for every step and fitter: dynamo's cache lives on the function, and
     # its guards (the step's structure, not its identity) let steps of one architecture share a graph.
     if COMPILE_BACKEND not in _COMPILED:
+        if COMPILE_BACKEND == "inductor":
+            _check_cpp_compiler()
         _COMPILED[COMPILE_BACKEND] = torch.compile(_transport_terms, backend=COMPILE_BACKEND)
     return _COMPILED[COMPILE_BACKEND]
+
+
+def _check_cpp_compiler() -> None:
+    """Fail at once, in one line, where inductor would fail at its first kernel with a traceback."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # inductor's InvalidCxxCompiler, or a broken compiler setting
+        raise ValueError(
+            "compile=True (--compile) needs a C++ compiler for torch.compile's inductor backend "
+            f"({err}): install g++ or clang++ (or set CXX), or train without it"
+        ) from None
 
 
 def _stretch_cosine(sched: torch.optim.lr_scheduler.CosineAnnealingLR, total: int) -> None:
