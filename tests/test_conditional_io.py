@@ -303,3 +303,5 @@ def test_cli_compare_on_a_labelled_file(tmp_path, capsys):
     assert "8 classes), conditional" in table and "| jko-spline |" in table
     assert main(args + ["--steps", "4", "--seeds", "0,1", "--out", str(out)]) == 2
     assert "one --seed" in capsys.readouterr().err
+    assert main(args + ["--steps", "4", "--compile", "--out", str(out)]) == 2
+    assert "no --compile" in capsys.readouterr().err

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--maf-root", options["maf_root"] is not None),
                 ("--distill", options["distill"] is not None),
                 ("--regularity", options["regularity_columns"]),
+                ("--compile", options["compile"]),
             )
             if given
         ]
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if args.device is not None and resolve_device(args.device).type != "cpu":
             raise ValueError(f"the conditional comparison runs on the cpu only, got --device {args.device}")
         methods = DEFAULT_CONDITIONAL_METHODS if args.methods == DEFAULT_METHODS else args.methods
-        for key in ("maf_root", "distill", "regularity_columns", "device"):
+        for key in ("maf_root", "distill", "regularity_columns", "device", "compile"):
             del options[key]
         compare_conditional(args.dataset, methods, labels=args.labels, seed=args.seed, **options)
         print(f"wrote {Path(args.out) / 'table.md'} and results.json")
