@@ -51,3 +51,18 @@ def perturb(module: torch.nn.Module, scale: float = 0.5) -> None:
 def spline_bins(flow: torch.nn.Module) -> set[int]:
     """The bin counts of every autoregressive RQ-spline layer in ``flow``."""
     return {f.mprqat.num_bins for f in flow.modules() if hasattr(f, "mprqat")}
+
+
+class RevisingPlan:
+    """An ``IterationPlan`` that plans ``planned`` iterations per block, then asks for ``revised``
+    once a block's probe has run; it records each ``revise(done, seconds)`` call in ``asked``."""
+
+    def __init__(self, planned: int, revised: int) -> None:
+        self.planned, self.revised, self.asked = planned, revised, []
+
+    def iterations(self, block, history) -> int:
+        return self.planned
+
+    def revise(self, done: int, seconds: float) -> int:
+        self.asked.append((done, seconds))
+        return self.revised

@@ -2,7 +2,8 @@
 
 The tests give ``torch.compile`` a backend that records each captured graph and runs it as
 captured (no C++ build, so they stay fast); the inductor backend users get is timed in
-``benchmarks/bench_jko_recipes.py`` (``*-compiled-checks``).
+``benchmarks/bench_compile.py`` and, at equal time, ``benchmarks/bench_jko_recipes.py``
+(``*-compiled-checks``).
 """
 
 import time
@@ -17,7 +18,7 @@ from jko_plugin.compare import compare
 from jko_plugin.run_config import default_config
 from jko_plugin.workflows import make_trainer
 
-from .flowcheck import moons
+from .flowcheck import RevisingPlan, moons
 
 
 @pytest.fixture
@@ -68,16 +69,6 @@ def test_compiled_ode_blocks_train_the_eager_model(graphs, density):
 def test_a_time_budget_rates_a_block_without_its_first_iteration(monkeypatch):
     # The first iteration compiles (tens of seconds): the rate that plans the rest of the block
     # is measured on the iterations after it, scaled to the probe's count.
-    class Revising:
-        asked = []
-
-        def iterations(self, block, history):
-            return 40
-
-        def revise(self, done, seconds):
-            self.asked.append((done, seconds))
-            return 40
-
     update, calls = step_fit.StepFitter.update, []
 
     def slow_first(self, *args):
@@ -88,7 +79,7 @@ def test_a_time_budget_rates_a_block_without_its_first_iteration(monkeypatch):
 
     monkeypatch.setattr(step_fit.StepFitter, "update", slow_first)
     flow = make_flow(2, 1, block="spline", layers=1, hidden=8)
-    plan = Revising()
+    plan = RevisingPlan(40, 40)
     JKOTrainer(flow, [0.5], batch_size=128, progress=False).fit(moons(400), plan=plan)
     ((done, seconds),) = plan.asked
     assert done == 20

@@ -9,7 +9,7 @@ from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, 
 from jko_plugin.training.history import TrainingHistory, knn_entropy
 from jko_plugin.training.step_fit import StepFitter
 
-from .flowcheck import moons
+from .flowcheck import RevisingPlan, moons
 
 
 def jko_gaussian_step(m, s, h):
@@ -404,19 +404,9 @@ def test_fit_follows_an_iteration_plan():
 def test_a_plan_revises_each_block_after_its_probe_and_checks_and_cosine_follow():
     from jko_plugin.training.step_fit import check_iterations, probe_iterations
 
-    class Revising:  # plans 40 iterations per block, then asks for 100 once the probe has run
-        asked = []
-
-        def iterations(self, block, history):
-            return 40
-
-        def revise(self, done, seconds):
-            self.asked.append((done, seconds))
-            return 100
-
     flow = make_flow(2, 2, block="spline", layers=1, hidden=8)
     lrs = []
-    plan = Revising()
+    plan = RevisingPlan(40, 100)  # asks for 100 iterations once the probe has run
     x = moons(400)
     trainer = small_trainer(flow, [0.5, 1.0], step_checks=5)
     history = trainer.fit(x[:300], x[300:], plan=plan, on_step=lambda e: lrs.append((e.block, e.lr)))
