@@ -272,6 +272,43 @@ def test_solver_steps_gives_the_odes_normalised_density():
             pass
 
 
+class _LinearVelocity(torch.nn.Module):
+    """f(x, s) = A x; with A nilpotent (A^2 = 0) the flow is x + s A x, which RK4 integrates exactly
+    with any number of steps, and the divergence tr(A) is constant."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(a)
+
+    def forward(self, x, s):
+        return x @ self.a.T
+
+
+def test_solver_gap_is_the_trained_steps_log_q_minus_the_odes():
+    from jko_plugin.workflows import NLL_SOLVER_STEPS, solver_gap
+
+    x = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    base = nf.distributions.DiagGaussian(2, trainable=False)
+    torch.manual_seed(1)
+    sharp = JKOBlock(2, hidden=(32, 32), steps=1)
+    perturb(sharp, scale=1.5)
+    model = nf.NormalizingFlow(base, [sharp]).double().train()
+    with torch.no_grad():
+        coarse = float(model.log_prob(x).mean())
+        with solver_steps(model, NLL_SOLVER_STEPS):
+            fine = float(model.log_prob(x).mean())
+    gap = solver_gap(model, x)
+    assert abs(gap - (coarse - fine)) < 1e-10 and abs(gap) > 1e-3
+    assert sharp.steps == 1 and model.training  # the flow comes back as it was
+    # A shear: 1 RK4 step is the ODE's map and log-det exactly, so the gap is 0.
+    a = torch.tensor([[0.0, 1.5], [0.0, 0.0]], dtype=torch.float64)
+    linear = nf.NormalizingFlow(base, [JKOBlock(2, steps=1, velocity=_LinearVelocity(a))]).double()
+    assert abs(solver_gap(linear, x)) < 1e-12
+    # An exact map is scored as trained: no gap by construction.
+    exact = nf.NormalizingFlow(base, [make_block(2, hidden=(16,), steps=1, density="map")]).double()
+    assert solver_gap(exact, x) == 0.0
+
+
 # -- the exact map density: one discretisation for training, sampling and scoring ------------------
 @pytest.mark.parametrize("steps", [1, 2])
 def test_exact_map_log_det_and_inverse(steps):

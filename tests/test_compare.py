@@ -66,7 +66,7 @@ def test_reference_values(moons_run):
     )
     for m in ("cfm", "otcfm", "realnvp", "nsf"):
         assert by[m]["train_steps"] == 12
-    # NFE: 6 blocks x 2 RK4 steps x 4 stages; 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
+    # NFE: 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
     # ODE blocks sample with the ODE's fine solver: 8 RK4 steps x 4 stages per block.
     # A JKO row keeps the steps up to its best validation NLL (a split of its training points).
     kept = {m: by[m]["details"]["kept_steps"] for m in ("jko", "jko-spline")}
@@ -185,12 +185,16 @@ def test_ode_jko_scores_and_samples_one_map(monkeypatch):
     assert METHODS["jko"].config(3, 0).trace == "exact"
     assert METHODS["jko"].config(4, 0).trace == "hutchinson"  # used where the density is the ODE's
     # The ODE's density at 8 RK4 steps per block, samples from the same 8-step solver, and the
-    # 2-step trained sampler reported beside it; the trace exact up to d = 3.
+    # trained sampler (RunConfig.steps RK4 steps) reported beside it, with the gap between the
+    # two densities; the trace exact up to d = 3.
+    trained_steps = METHODS["jko"].config(4, 0).steps
+    assert trained_steps == 3
     for data, trace in (("gmm3", "exact"), ("gmm4", "hutchinson")):
         (rec,) = compare(data, "jko", steps=6, num_train=300, num_test=100, num_samples=200)
         assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == trace
         kept = rec["details"]["kept_steps"]
-        assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * 2 * 4 and rec["fast_w2"] > 0
+        assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * trained_steps * 4
+        assert rec["fast_w2"] > 0 and abs(rec["details"]["solver_gap"]) < 0.5
     (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
     # An exact map density (density="map"): NLL and samples from the trained map, no second sampler.
@@ -201,7 +205,9 @@ def test_ode_jko_scores_and_samples_one_map(monkeypatch):
     monkeypatch.setattr(method, "config", lambda dim, seed: config)
     model = method.train(torch.randn(300, 2), torch.randn(100, 2), Budget(steps=6), 0)
     assert model.details["density"].startswith("exact map") and model.fast_sample is None
-    assert model.nfe == model.details["kept_steps"] * 2 * 4 * 4
+    assert "solver_gap" not in model.details  # scored as trained: no second density
+    # reverse solve, <= 2 Newton steps and the log-det pass, each steps x 4 stages
+    assert model.nfe == model.details["kept_steps"] * (2 + 2) * config.steps * 4
 
 
 def test_seeds_give_the_median_and_spread_per_method(tmp_path):
