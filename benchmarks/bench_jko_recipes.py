@@ -239,11 +239,10 @@ VARIANTS["jko-compiled-wide"] = {**_JKO_COMPILED, "flow": {**_JKO_COMPILED["flow
 VARIANTS["jko-compiled-map"] = {**_JKO_COMPILED, "flow": {**_JKO_COMPILED["flow"], "density": "map"}}
 VARIANTS["jko-compiled-steps4"] = {**_JKO_COMPILED, "flow": {**_JKO_COMPILED["flow"], "steps": 4}}
 VARIANTS["jko-compiled-steps3"] = {**_JKO_COMPILED, "flow": {**_JKO_COMPILED["flow"], "steps": 3}}
-_STEPS3 = {**_JKO_COMPILED, "flow": {**_JKO_COMPILED["flow"], "steps": 3}}
 for _wd in ("1e-3", "1e-2"):
     VARIANTS[f"jko-compiled-steps3-adamw{_wd}"] = {
-        **_STEPS3,
-        "trainer": {**_STEPS3["trainer"], "optimizer": "adamw", "weight_decay": float(_wd)},
+        **VARIANTS["jko-compiled-steps3"],
+        "trainer": {**_JKO_COMPILED["trainer"], "optimizer": "adamw", "weight_decay": float(_wd)},
     }
 # compare's `jko` in 2-D (2 x 64 tanh, exact trace, ODE density, lr 1e-2) with 2 and 3 RK4 steps
 for _steps in (2, 3):

@@ -62,7 +62,7 @@ class RunConfig:
     activation: str | None = None
     #: 3, not 2: trained on a 2-step map's divergence, gmm16's blocks learnt fields whose 2-step
     #: log-det overstated the ODE's (test NLL 16.81 with 2 steps, 17.15 with the ODE's own 16);
-    #: with 3 steps the two agree within 0.007 and the ODE's NLL is 16.90 (BENCHMARKS.md s.4.0).
+    #: with 3 steps the two agree within 0.006 and the ODE's NLL is 16.90 (BENCHMARKS.md s.4.0).
     steps: int = 3
     trace: str = "auto"
     density: str = "ode"
