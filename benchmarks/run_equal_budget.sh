@@ -72,6 +72,10 @@ PY
     moons_narrow) run moons_narrow --dataset moons --methods jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     checkerboard_narrow) run checkerboard_narrow --dataset checkerboard --methods jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
     moons) run moons --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
+    # the ODE `jko` rows again with 3 RK4 steps per block (commit 8b95e57), peers in the same run
+    checkerboard_steps3) run checkerboard_steps3 --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
+    moons_steps3) run moons_steps3 --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
+    diabetes_jko_steps3) run diabetes_jko_steps3 --dataset benchmarks/data/diabetes_raw.csv --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac

@@ -29,8 +29,9 @@ _RUN_DEFAULTS = {"num_blocks": 6, "iterations": 300, "lr": 3e-3, "first_share": 
 class RunConfig:
     """Model and training settings of ``jko-flow demo`` / ``jko-flow train``.
 
-    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations``, ``lr`` and
-    ``first_share`` left at ``None`` take that kind's tuned values (``StepKind.run_defaults``);
+    ``block`` names a step kind of ``STEP_KINDS``; ``num_blocks``, ``iterations``, ``lr``,
+    ``first_share`` and (ODE blocks) ``steps`` left at ``None`` take that kind's tuned values
+    (``StepKind.run_defaults``);
     ``first_share`` is block 1's share of a wall-clock budget against 1 for each other block
     (``budget_weights``, as ``compare`` trains). The fields a kind reads are its
     ``StepKind.run_options`` (ODE blocks: ``hidden`` and ``activation``, by default
@@ -54,16 +55,15 @@ class RunConfig:
     Example:
         >>> RunConfig().block, RunConfig().num_blocks, RunConfig(block="ode").num_blocks
         ('spline', 4, 6)
+        >>> RunConfig(block="ode").steps, RunConfig(block="ode", steps=8).steps, RunConfig().steps
+        (3, 8, None)
     """
 
     block: str = DEFAULT_STEP_KIND
     num_blocks: int | None = None
     hidden: tuple[int, ...] | None = None
     activation: str | None = None
-    #: 3, not 2: trained on a 2-step map's divergence, gmm16's blocks learnt fields whose 2-step
-    #: log-det overstated the ODE's (test NLL 16.81 with 2 steps, 17.15 with the ODE's own 16);
-    #: with 3 steps the two agree within 0.006 and the ODE's NLL is 16.90 (BENCHMARKS.md s.4.0).
-    steps: int = 3
+    steps: int | None = None
     trace: str = "auto"
     density: str = "ode"
     spline_layers: int = 2
@@ -101,9 +101,11 @@ class RunConfig:
             positive_int("spline_bins", self.spline_bins)
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
-        for name, fallback in _RUN_DEFAULTS.items():
+        for name in {**_RUN_DEFAULTS, **kind.run_defaults}:  # a kind may tune a field no other reads
             if getattr(self, name) is None:
-                object.__setattr__(self, name, kind.run_defaults.get(name, fallback))
+                object.__setattr__(self, name, kind.run_defaults.get(name, _RUN_DEFAULTS.get(name)))
+        if self.steps is not None:  # None: the kind does not integrate an ODE
+            positive_int("steps", self.steps)
         positive("first_share", self.first_share)
         if self.first_tail_bound is not None:
             positive("first_tail_bound", self.first_tail_bound)
@@ -137,9 +139,11 @@ class RunConfig:
         return list(self.schedule.step_sizes)
 
     def step_options(self) -> dict:
-        """The options of this kind's step builder, from the fields the kind reads."""
+        """The options of this kind's step builder, from the fields the kind reads (``None``: the
+        builder's own default)."""
         kind = get_step_kind(self.block)
-        options = {option: getattr(self, name) for name, option in kind.run_options.items()}
+        fields = {option: getattr(self, name) for name, option in kind.run_options.items()}
+        options = {option: value for option, value in fields.items() if value is not None}
         return {**options, **context_settings(num_classes=self.num_classes, context_dim=self.context_dim)}
 
     def first_step_options(self, dim: int | None = None) -> dict:

@@ -285,6 +285,19 @@ def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
         RunConfig(first_share=0)
 
 
+def test_ode_rk4_steps_have_one_owner_the_kinds_run_defaults():
+    # 3 RK4 steps per block (BENCHMARKS.md s.4.0) come from the ODE kind alone; other kinds have none.
+    from jko_plugin.workflows import RunConfig, build_flow
+
+    assert RunConfig(block="ode").steps == STEP_KINDS["ode"].run_defaults["steps"] == 3
+    assert RunConfig().steps is None and "steps" not in RunConfig().step_options()
+    flow = build_flow(RunConfig(block="ode", num_blocks=2, hidden=(8,)), 2)
+    assert [b.steps for b in flow.flows] == [3, 3]
+    assert RunConfig(block="ode", steps=5).scheduler().config.steps_per_block == 5
+    with pytest.raises(ValueError, match="steps"):
+        RunConfig(block="ode", steps=0)
+
+
 def test_ode_blocks_train_with_their_measured_learning_rate():
     # lr 1e-2 won at equal time on gmm16 and moons (BENCHMARKS.md s.4.0); spline steps keep 3e-3.
     from jko_plugin.workflows import RunConfig, build_flow, make_trainer
