@@ -41,6 +41,11 @@ density there) and `front-checks-lr1e2-silu-deep` above d = 3 (`default_velocity
             instead of 512 (gmm16)
   iflow-front-checks   front-checks with JKO-iFlow's whole recipe (`iflow`: its network, RK4
             steps and warm starts; gmm16, `--variants`)
+  jko-compiled  compare's `jko` above d = 3 (3 x 64 SiLU, lr 1e-2, ODE density) trained through
+            torch.compile with 2 RK4 steps; -steps3 / -steps4 with 3 or 4 (-steps3 is compare's
+            `jko` now); -4, -wide, -map, -b1024: 4 blocks, 3 x 128, the map density, batches of
+            1,024; -steps3-adamw1e-3 / 1e-2: AdamW with that weight decay; -steps3-4 and
+            -steps3-wide: 4 blocks or 3 x 128 with 3 steps (gmm16, `--num-train`)
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -244,6 +249,11 @@ for _wd in ("1e-3", "1e-2"):
         **VARIANTS["jko-compiled-steps3"],
         "trainer": {**_JKO_COMPILED["trainer"], "optimizer": "adamw", "weight_decay": float(_wd)},
     }
+VARIANTS["jko-compiled-steps3-4"] = {**VARIANTS["jko-compiled-steps3"], "num_blocks": 4, "weights": (3, 1, 1, 1)}
+VARIANTS["jko-compiled-steps3-wide"] = {
+    **VARIANTS["jko-compiled-steps3"],
+    "flow": {**VARIANTS["jko-compiled-steps3"]["flow"], "hidden": (128, 128, 128)},
+}
 # compare's `jko` in 2-D (2 x 64 tanh, exact trace, ODE density, lr 1e-2) with 2 and 3 RK4 steps
 for _steps in (2, 3):
     VARIANTS[f"jko-2d-steps{_steps}"] = dict(
