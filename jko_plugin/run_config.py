@@ -102,6 +102,10 @@ class RunConfig:
         positive_int("step_checks", self.step_checks, minimum=0)
         positive_int("step_patience", self.step_patience, minimum=0)
         for name in {**_RUN_DEFAULTS, **kind.run_defaults}:  # a kind may tune a field no other reads
+            if not hasattr(self, name):
+                raise ValueError(
+                    f"step kind {kind.name!r}: run_defaults names {name!r}, not a RunConfig field"
+                )
             if getattr(self, name) is None:
                 object.__setattr__(self, name, kind.run_defaults.get(name, _RUN_DEFAULTS.get(name)))
         if self.steps is not None:  # None: the kind does not integrate an ODE

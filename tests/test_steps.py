@@ -298,6 +298,20 @@ def test_ode_rk4_steps_have_one_owner_the_kinds_run_defaults():
         RunConfig(block="ode", steps=0)
 
 
+def test_a_kind_whose_run_defaults_name_no_setting_is_refused(monkeypatch):
+    import dataclasses
+
+    from jko_plugin.workflows import RunConfig
+
+    monkeypatch.setitem(
+        STEP_KINDS, "bad", dataclasses.replace(STEP_KINDS["ode"], name="bad", run_defaults={"stepz": 3})
+    )
+    with pytest.raises(
+        ValueError, match="step kind 'bad': run_defaults names 'stepz', not a RunConfig field"
+    ):
+        RunConfig(block="bad")
+
+
 def test_ode_blocks_train_with_their_measured_learning_rate():
     # lr 1e-2 won at equal time on gmm16 and moons (BENCHMARKS.md s.4.0); spline steps keep 3e-3.
     from jko_plugin.workflows import RunConfig, build_flow, make_trainer
