@@ -19,7 +19,7 @@ from .plotting import can_plot, plot_samples, plot_training
 from .run_config import RunConfig, default_config
 from .sampling.scheduler import JKOScheduler
 from .steps.block import JKOBlock
-from .steps.kinds import jko_steps, make_flow
+from .steps.kinds import blocks_with_steps, jko_steps, make_flow
 from .steps.normalize import Standardize
 from .training.distributed import is_main_process, resolve_device
 from .training.history import BlockRecord, StepEvent, TrainingHistory
@@ -86,15 +86,8 @@ def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
     own density: at least ``NLL_SOLVER_STEPS`` RK4 steps per block. Blocks with an exact map
     density, spline and coupling steps are exact maps already and are left as they are."""
     blocks = [f for f in flow.flows if isinstance(f, JKOBlock) and not f.exact_map]
-    steps = max([NLL_SOLVER_STEPS] + [b.steps for b in blocks])
-    saved = [b.steps for b in blocks]
-    for b in blocks:
-        b.steps = steps
-    try:
+    with blocks_with_steps(blocks, max([NLL_SOLVER_STEPS] + [b.steps for b in blocks])):
         yield flow
-    finally:
-        for b, n in zip(blocks, saved):
-            b.steps = n
 
 
 @torch.no_grad()

@@ -385,12 +385,19 @@ def solver_steps(flow: nf.NormalizingFlow, steps: int) -> Iterator[nf.Normalizin
             nll = -flow.log_prob(x_test).mean()
     """
     positive_int("steps", steps)
-    blocks = [f for f in flow.flows if isinstance(f, JKOBlock)]
+    with blocks_with_steps([f for f in flow.flows if isinstance(f, JKOBlock)], steps):
+        yield flow
+
+
+@contextmanager
+def blocks_with_steps(blocks: list[JKOBlock], steps: int) -> Iterator[None]:
+    """Integrate each of ``blocks`` with ``steps`` solver steps, and give each its own back after
+    (``solver_steps``, ``workflows.ode_density``)."""
     saved = [b.steps for b in blocks]
     for b in blocks:
         b.steps = steps
     try:
-        yield flow
+        yield
     finally:
         for b, n in zip(blocks, saved):
             b.steps = n
