@@ -43,6 +43,14 @@ def main() -> None:
             f"{budget:6.0f} s: " + "  ".join(f"{r['method']} {r['test_nll']:.3f}" for r in records),
             flush=True,
         )
+    methods = list(curves)
+    print("\n| budget | " + " | ".join(methods) + " |")
+    print("|---" * (len(methods) + 1) + "|")
+    for i, budget in enumerate(args.budgets):
+        cells = [curves[m][i]["test_nll"] for m in methods]
+        best = min((c for c in cells if c is not None), default=None)
+        text = ["-" if c is None else (f"**{c:.3f}**" if c == best else f"{c:.3f}") for c in cells]
+        print(f"| {budget:.0f} s | " + " | ".join(text) + " |")
     (out / f"{args.dataset}.json").write_text(
         json.dumps(
             {"dataset": args.dataset, "seed": args.seed, "true_nll": true_nll, "curves": curves}, indent=1

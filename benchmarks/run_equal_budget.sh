@@ -71,6 +71,10 @@ PY
     curve) mkdir -p $OUT/curve; echo "== curve ($(date +%T))"
       flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods jko-spline,cfm,nsf \
         --budgets 15 30 60 --out $OUT/curve > $OUT/curve/log.txt 2>&1; echo "   exit $?" ;;
+    # the issue's figure: every method (the seven above) at 15 s to 5 min, one compare run per budget
+    curve_all) mkdir -p $OUT/curve_all; echo "== curve_all ($(date +%T))"
+      flock "$LOCK" python benchmarks/bench_budget_curve.py --dataset moons --methods $ALL7 \
+        --budgets 15 30 60 120 300 --out $OUT/curve_all > $OUT/curve_all/log.txt 2>&1; echo "   exit $? ($(date +%T))" ;;
     # jko-spline with step 1's splines on [-3, 3] in 2-D (FIRST_TAIL_BOUND), against its peers
     moons_narrow) run moons_narrow --dataset moons --methods jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     checkerboard_narrow) run checkerboard_narrow --dataset checkerboard --methods jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;

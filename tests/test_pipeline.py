@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import normflows as nf
 import numpy as np
@@ -245,6 +246,21 @@ def test_pipeline_rejects_mismatched_components():
         JKOFlowPipeline.from_normflows(mixed)
 
 
+def test_a_scheduler_that_samples_another_map_than_the_blocks_warns():
+    flow, h = make_flow(("ode", "ode"))
+    steps = flow.flows[0].steps
+    with pytest.warns(UserWarning, match=f"samples with 5 rk4 steps per block, .* {steps} rk4 steps"):
+        pipe = JKOFlowPipeline.from_normflows(flow, scheduler=JKOScheduler(step_sizes=h, steps_per_block=5))
+    assert pipe.scheduler.steps_per_block == 5  # the user's choice stands
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own = JKOScheduler(step_sizes=h, steps_per_block=steps)
+        same = JKOFlowPipeline.from_normflows(flow, scheduler=own)
+    z = torch.randn(64, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(quiet(same)(latents=z).samples, flow.forward(z), rtol=1e-10, atol=1e-10)
+
+
 # -- save and load -------------------------------------------------------------------------------
 def test_model_config_round_trip(tmp_path):
     flow, h = make_flow(("map", "ode"))
@@ -399,10 +415,11 @@ def test_any_velocity_module_runs_on_the_jko_time_axis():
     z = torch.randn(5, 3, dtype=torch.float64)
     x = pipe(latents=z).samples
     assert x.dtype == torch.float64
-    # RK4 multiplies by R(-dt) = 1 - dt + dt^2/2 - dt^3/6 + dt^4/24 per step: 4 steps of 0.25, 4 of 0.125
-    factor = np.prod([1 - d + d**2 / 2 - d**3 / 6 + d**4 / 24 for d in [0.25] * 4 + [0.125] * 4])
+    # RK4 multiplies by R(-dt) = 1 - dt + dt^2/2 - dt^3/6 + dt^4/24 per step: the default 3 steps
+    # per block, of 1/3 and of 1/6
+    factor = np.prod([1 - d + d**2 / 2 - d**3 / 6 + d**4 / 24 for d in [1 / 3] * 3 + [1 / 6] * 3])
     torch.testing.assert_close(x, z * factor, rtol=1e-14, atol=0)
-    assert abs(factor / np.exp(-1.5) - 1) < 1e-4
+    assert abs(factor / np.exp(-1.5) - 1) < 2e-4
     with pytest.raises(ValueError, match="no config.dim: pass latents"):
         pipe(batch_size=2)
 

@@ -285,11 +285,16 @@ def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
         RunConfig(first_share=0)
 
 
-def test_ode_rk4_steps_have_one_owner_the_kinds_run_defaults():
-    # 3 RK4 steps per block (BENCHMARKS.md s.4.0) come from the ODE kind alone; other kinds have none.
+def test_ode_rk4_steps_have_one_owner():
+    # 3 RK4 steps per block (BENCHMARKS.md s.4.0): a hand-built block, a hand-built scheduler and
+    # a run all take DEFAULT_SOLVER_STEPS; kinds without an ODE have none.
+    from jko_plugin._ops import DEFAULT_SOLVER_STEPS
+    from jko_plugin.sampling.scheduler import JKOScheduler
     from jko_plugin.workflows import RunConfig, build_flow
 
-    assert RunConfig(block="ode").steps == STEP_KINDS["ode"].run_defaults["steps"] == 3
+    assert DEFAULT_SOLVER_STEPS == 3
+    assert JKOBlock(2).steps == JKOScheduler().steps_per_block == DEFAULT_SOLVER_STEPS
+    assert RunConfig(block="ode").steps == STEP_KINDS["ode"].run_defaults["steps"] == DEFAULT_SOLVER_STEPS
     assert RunConfig().steps is None and "steps" not in RunConfig().step_options()
     flow = build_flow(RunConfig(block="ode", num_blocks=2, hidden=(8,)), 2)
     assert [b.steps for b in flow.flows] == [3, 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ class JKOFlowPipelineOutput(BaseOutput):
     """
 
     samples: Tensor | np.ndarray
+
+
+def _warn_other_map(scheduler: JKOScheduler, blocks: Sequence[JKOBlock]) -> None:
+    """Warn when ``scheduler`` would integrate ``blocks`` with another solver or step count than
+    their own: its samples would come from another map than the one ``flow.forward`` draws from."""
+    own = {(b.solver, b.steps) for b in blocks}
+    wanted = (scheduler.config.solver, scheduler.steps_per_block)
+    if len(own) == 1 and wanted not in own:
+        solver, steps = own.pop()
+        warnings.warn(
+            f"the scheduler samples with {wanted[1]} {wanted[0]} steps per block, the JKOBlocks "
+            f"integrate with {steps} {solver} steps: its samples come from another map than the "
+            f"flow's (JKOScheduler(..., steps_per_block={steps}), or pass scheduler.schedule)",
+            stacklevel=3,
+        )
 
 
 def _check_components(model: torch.nn.Module, scheduler: object) -> None:
@@ -149,7 +165,9 @@ class JKOFlowPipeline(DiffusionPipeline):
         model = JKOFlowModel.from_normflows(flow, schedule=scheduler)
         types = None if set(model.block_types) == {"ode"} else list(model.block_types)
         events = list(model.layer_boundaries) or None
+        odes = [s for s in model.steps if isinstance(s, JKOBlock)]
         if given is not None:
+            _warn_other_map(given, odes)
             scheduler = given
             if (
                 scheduler.block_types != model.block_types
@@ -160,7 +178,6 @@ class JKOFlowPipeline(DiffusionPipeline):
                     scheduler.config, block_types=types, layer_boundaries=events
                 )
             return cls(model=model, scheduler=scheduler)
-        odes = [s for s in model.steps if isinstance(s, JKOBlock)]
         for name, value in (("solver", solver), ("steps_per_block", steps_per_block)):
             attr = "solver" if name == "solver" else "steps"
             found = {getattr(b, attr) for b in odes}

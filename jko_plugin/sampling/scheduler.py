@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor
 
-from .._ops import SOLVERS
+from .._ops import DEFAULT_SOLVER_STEPS, SOLVERS
 from .._validate import choice, positive, positive_int
 from ..schedule import GEOMETRIC_GROWTH, GEOMETRIC_H0, OnStepSchedule, StepSchedule
 from ..steps.base import BLOCK_TYPES
@@ -75,7 +75,8 @@ class JKOScheduler(OnStepSchedule, SchedulerMixin, ConfigMixin):
         growth: Geometric ratio (default 1.4).
         h_max: Cap of the geometric steps (default: none).
         solver: ``"rk4"`` (default), ``"heun"`` or ``"euler"`` (explicit Runge-Kutta in ``SOLVERS``).
-        steps_per_block: Solver steps per ``"ode"`` block in the default grid (default 4).
+        steps_per_block: Solver steps per ``"ode"`` block in the default grid (default 3,
+            ``DEFAULT_SOLVER_STEPS``: a ``JKOBlock``'s own, so sampling follows the trained map).
         block_types: ``"ode"`` or ``"map"`` per block, data side first (default: all ``"ode"``).
         layer_boundaries: Indices ``j`` of the boundaries ``T_j`` that carry a layer event.
 
@@ -109,7 +110,7 @@ class JKOScheduler(OnStepSchedule, SchedulerMixin, ConfigMixin):
         growth: float | None = None,
         h_max: float | None = None,
         solver: str = "rk4",
-        steps_per_block: int = 4,
+        steps_per_block: int = DEFAULT_SOLVER_STEPS,
         block_types: Sequence[str] | None = None,
         layer_boundaries: Sequence[int] | None = None,
     ) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._ops import ACTIVATIONS, SOLVERS, integrate, integrate_jacobian
+from .._ops import ACTIVATIONS, DEFAULT_SOLVER_STEPS, SOLVERS, integrate, integrate_jacobian
 from .._validate import check_batch, choice, positive_int
 from .base import ProximalStep, Transport, check_interval
 from .velocity import VelocityMLP, func_divergence
@@ -72,7 +72,7 @@ class JKOBlock(ProximalStep):
             ``default_velocity(dim)``'s.
         time_dependent: Whether ``f`` depends on ``t``.
         solver: ``"rk4"`` (default), ``"heun"`` or ``"euler"``.
-        steps: Solver steps across the interval.
+        steps: Solver steps across the interval (``DEFAULT_SOLVER_STEPS``, 3, as in training runs).
         trace: Divergence while training: ``"exact"``, ``"hutchinson"``, or ``"auto"`` (exact
             for ``dim <= EXACT_TRACE_MAX_DIM``). Evaluation (no grad or ``eval()`` mode) is
             always exact.
@@ -119,7 +119,7 @@ class JKOBlock(ProximalStep):
         activation: str | None = None,
         time_dependent: bool = True,
         solver: str = "rk4",
-        steps: int = 4,
+        steps: int = DEFAULT_SOLVER_STEPS,
         trace: str = "auto",
         num_probes: int = 1,
         interval: tuple[float, float] = (0.0, 1.0),

@@ -10,6 +10,7 @@ import normflows as nf
 import torch
 from normflows.flows import Flow
 
+from .._ops import DEFAULT_SOLVER_STEPS
 from .._validate import choice, positive_int
 from .base import ProximalStep
 from .block import JKOBlock
@@ -264,11 +265,8 @@ STEP_KINDS: dict[str, StepKind] = {
             "density": "density",
         },
         # Block 1 moves the data the most: 3 shares of a time budget; lr 1e-2 won at equal time on
-        # gmm16 and moons, every seed against 3e-3. 3 RK4 steps, not 2: trained on a 2-step map's
-        # divergence, gmm16's blocks learnt fields whose 2-step log-det overstated the ODE's (test
-        # NLL 16.81 with 2 steps, the ODE's own 17.15); with 3 the two agree within 0.006 and the
-        # ODE scores 16.90 (BENCHMARKS.md s.4.0).
-        {"num_blocks": 6, "iterations": 300, "lr": 1e-2, "steps": 3, "first_share": 3.0},
+        # gmm16 and moons, every seed against 3e-3. The solver steps are the blocks' own default.
+        {"num_blocks": 6, "iterations": 300, "lr": 1e-2, "steps": DEFAULT_SOLVER_STEPS, "first_share": 3.0},
         "JKOBlocks: continuous-time residual blocks, the flow of an MLP velocity field",
     ),
 }
