@@ -36,6 +36,7 @@ def main() -> None:
                     "test_nll": r["test_nll"],
                     "w2": r["w2"],
                     "train_seconds": r["train_seconds"],
+                    "train_steps": r["train_steps"],
                 }
             )
             true_nll = r["true_nll"]

@@ -46,7 +46,8 @@ density there) and `front-checks-lr1e2-silu-deep` above d = 3 (`default_velocity
             `jko` now); -4, -wide, -map, -b1024: 4 blocks, 3 x 128, the map density, batches of
             1,024; -steps3-adamw1e-3 / 1e-2: AdamW with that weight decay; -steps3-4 and
             -steps3-wide: 4 blocks or 3 x 128 with 3 steps; -steps3-b1024, -steps3-lr2e2: batches
-            of 1,024 or lr 2e-2 with 3 steps (gmm16, `--num-train`)
+            of 1,024 or lr 2e-2 with 3 steps (gmm16, `--num-train`); -steps3-ema99 / -ema999:
+            each step ends at (and its checks score) an EMA of its weights with decay 0.99 / 0.999
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -260,6 +261,11 @@ VARIANTS["jko-compiled-steps3-b1024"] = {
     "trainer": {**_JKO_COMPILED["trainer"], "batch_size": 1024},
 }
 VARIANTS["jko-compiled-steps3-lr2e2"] = {**VARIANTS["jko-compiled-steps3"], "trainer": {**_JKO_COMPILED["trainer"], "lr": 2e-2}}
+for _decay in ("0.99", "0.999"):  # an EMA of each step's weights (TrainerOptions.ema)
+    VARIANTS[f"jko-compiled-steps3-ema{_decay[2:]}"] = {
+        **VARIANTS["jko-compiled-steps3"],
+        "trainer": {**_JKO_COMPILED["trainer"], "ema": float(_decay)},
+    }
 # compare's `jko` in 2-D (2 x 64 tanh, exact trace, ODE density, lr 1e-2) with 2 and 3 RK4 steps
 for _steps in (2, 3):
     VARIANTS[f"jko-2d-steps{_steps}"] = dict(

@@ -175,3 +175,35 @@ def test_patience_records_the_iterations_trained_and_the_budget_moves_on(tmp_pat
     assert all(b.kept_iteration <= b.iterations for b in history.blocks)
     meta = json.loads((tmp_path / "trainer.json").read_text())
     assert meta["options"]["step_patience"] == 1
+
+
+def test_an_averaged_step_ends_at_the_moving_average_of_its_iterates():
+    # The average does not feed back into training, so the iterates are those of a run without
+    # it: the step must end at their EMA computed by hand (at the best check, with checks).
+    x, val, h, n, decay = moons(96, 0), moons(200, 1), 0.5, 30, 0.8
+    iterates = []
+    step = spline_step()
+    f = fitter(lr=3e-2, batch_size=32)
+    f.train(step, x, h, 1, n, 1, on_step=lambda e: iterates.append(_params(step)))
+    averages = [iterates[0]]
+    for w in iterates[1:]:
+        averages.append([decay * a + (1 - decay) * p for a, p in zip(averages[-1], w)])
+
+    averaged = spline_step()
+    assert fitter(lr=3e-2, batch_size=32, ema=decay).train(averaged, x, h, 1, n, 1) == (n, n)
+    for got, want in zip(_params(averaged), averages[-1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert max(float((a - b).abs().max()) for a, b in zip(averages[-1], iterates[-1])) > 1e-3
+
+    checked = spline_step()
+    f = fitter(lr=3e-2, batch_size=32, ema=decay, step_checks=4)
+    trained, kept = f.train(checked, x, h, 1, n, 1, val=val)
+    want = _params(spline_step()) if kept == 0 else averages[kept - 1]
+    for got, w in zip(_params(checked), want):
+        torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ema is a decay in \\[0, 1\\)"):
+        TrainerOptions(ema=1.0)
+
+
+def _params(step):
+    return [p.detach().clone() for p in step.parameters()]

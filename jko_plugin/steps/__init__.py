@@ -1,5 +1,6 @@
 r"""JKO steps: the ``ProximalStep`` contract, ODE blocks, map steps of normflows layers, their registry."""
 
+from .._ops import DEFAULT_SOLVER_STEPS
 from .base import BLOCK_TYPES, ProximalStep, Transport
 from .block import JKOBlock
 from .kinds import (
@@ -17,6 +18,7 @@ from .velocity import VelocityMLP
 
 __all__ = [
     "BLOCK_TYPES",
+    "DEFAULT_SOLVER_STEPS",
     "DEFAULT_STEP_KIND",
     "LAYER_TYPES",
     "STEP_KINDS",

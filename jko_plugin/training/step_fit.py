@@ -121,6 +121,10 @@ class StepFitter:
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
         best = (self.validation_loss(step, val, h, context_val), _copy(step), 0) if checks else None
+        # The average is a copy of the step that only ever holds averaged weights: it is what the
+        # checks score and what the step ends with.
+        average = _ema(step, opts.ema) if opts.ema else None
+        kept = step if average is None else average.module
         worse = 0  # checks in a row without a better score
         trained = iterations
         optimizer, params = self.optimizer(step, iterations)
@@ -164,6 +168,8 @@ class StepFitter:
                     )
                 lr = optimizer[0].param_groups[0]["lr"]
                 self.update(loss, ddp, optimizer, params)
+                if average is not None:
+                    average.update_parameters(step)
                 if it == 0 and probe is not None and probe > 1:
                     # Iteration 1 may compile (``compile``) or warm caches: the rate is timed after it.
                     began, untimed = time.perf_counter(), 1
@@ -175,11 +181,11 @@ class StepFitter:
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if it + 1 in checks:
                     check_began = time.perf_counter()
-                    score = self.validation_loss(step, val, h, context_val)
+                    score = self.validation_loss(kept, val, h, context_val)
                     step.train()
                     check_seconds += time.perf_counter() - check_began
                     if score < best[0]:
-                        best, worse = (score, _copy(step), it + 1), 0
+                        best, worse = (score, _copy(kept), it + 1), 0
                     else:
                         worse += 1
                     # The score is summed over ranks, so every rank stops at the same iteration.
@@ -197,6 +203,8 @@ class StepFitter:
                     bar.total = iterations
         bar.close()
         if best is None or best[2] == trained:
+            if average is not None:
+                step.load_state_dict(average.module.state_dict())
             return trained, trained
         step.load_state_dict(best[1])
         return trained, best[2]
@@ -358,6 +366,14 @@ def check_iterations(iterations: int, checks: int) -> list[int]:
     if checks <= 0:
         return []
     return sorted({max(1, round(iterations * (i / checks) ** 2)) for i in range(1, checks + 1)})
+
+
+def _ema(step: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``step``'s parameters (its buffers follow the step's);
+    its first ``update_parameters`` copies the step, so the average starts at the first iterate."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(step, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def _copy(step: nn.Module) -> dict[str, Tensor]:
