@@ -30,7 +30,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--h0", type=float, default=None, help="first step size h_1")
     p.add_argument("--growth", type=float, default=None, help="ratio h_{k+1} / h_k")
-    p.add_argument("--solver-steps", type=int, default=None, help="RK4 steps per ODE block")
+    p.add_argument("--solver-steps", type=int, default=None, help="RK4 steps per ODE block (default 3)")
     p.add_argument(
         "--spline-bins",
         type=int,

@@ -288,8 +288,8 @@ def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
 def test_ode_rk4_steps_have_one_owner():
     # 3 RK4 steps per block (BENCHMARKS.md s.4.0): a hand-built block, a hand-built scheduler and
     # a run all take DEFAULT_SOLVER_STEPS; kinds without an ODE have none.
-    from jko_plugin.steps import DEFAULT_SOLVER_STEPS
     from jko_plugin.sampling.scheduler import JKOScheduler
+    from jko_plugin.steps import DEFAULT_SOLVER_STEPS
     from jko_plugin.workflows import RunConfig, build_flow
 
     assert DEFAULT_SOLVER_STEPS == 3
