@@ -22,7 +22,10 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[15.0, 30.0, 60.0, 120.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/budget_curve")
+    parser.add_argument("--plot", type=Path, help="only redraw the figure of this curve JSON")
     args = parser.parse_args()
+    if args.plot:
+        return plot(args.plot)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list] = {}
@@ -57,24 +60,33 @@ def main() -> None:
             {"dataset": args.dataset, "seed": args.seed, "true_nll": true_nll, "curves": curves}, indent=1
         )
     )
-    from matplotlib.figure import Figure
+    plot(out / f"{args.dataset}.json")
 
+
+def plot(path: Path) -> None:
+    """Draw the figure of a curve's JSON beside it (``--plot JSON`` redraws one without training)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    run = json.loads(path.read_text())
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.subplots()
-    for method, points in curves.items():
+    budgets = sorted({p["budget"] for points in run["curves"].values() for p in points})
+    for method, points in run["curves"].items():
         ok = [p for p in points if p["test_nll"] is not None]
         ax.plot([p["budget"] for p in ok], [p["test_nll"] for p in ok], marker="o", label=method)
-    if true_nll is not None:
-        ax.axhline(true_nll, color="k", lw=0.8, ls="--", label="true NLL")
+    if run["true_nll"] is not None:
+        ax.axhline(run["true_nll"], color="k", lw=0.8, ls="--", label="true NLL")
     ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training budget per method (s)")
     ax.set_ylabel("test NLL (nats)")
-    ax.set_title(f"{args.dataset}, seed {args.seed}", fontsize=9)
+    ax.set_title(f"{run['dataset']}, seed {run['seed']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / f"{args.dataset}.png", dpi=110)
-    print(f"wrote {out / (args.dataset + '.json')} and .png")
-
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 if __name__ == "__main__":
     main()

@@ -48,6 +48,9 @@ density there) and `front-checks-lr1e2-silu-deep` above d = 3 (`default_velocity
             -steps3-wide: 4 blocks or 3 x 128 with 3 steps; -steps3-b1024, -steps3-lr2e2: batches
             of 1,024 or lr 2e-2 with 3 steps (gmm16, `--num-train`); -steps3-ema99 / -ema999:
             each step ends at (and its checks score) an EMA of its weights with decay 0.99 / 0.999
+  jko-2d-steps2, jko-2d-steps3  compare's `jko` in 2-D (2 x 64 tanh, exact trace, ODE density)
+            with 2 or 3 RK4 steps; -steps3-map: scored on the exact density of the trained 3-step
+            map (`density="map"`), trained on it too (moons; `--budget` for longer runs)
 
 The trace in training is `compare`'s: exact up to d = 3, Hutchinson's (one Rademacher probe,
 fixed along each solve) above. Scoring and sampling go through `ode_density`, as in `compare`.
@@ -274,6 +277,8 @@ for _steps in (2, 3):
         weights=(3, 1, 1, 1, 1, 1),
         passes=1,
     )
+# the same with the exact density of the trained 3-step map (training, sampling and scoring on it)
+VARIANTS["jko-2d-steps3-map"] = {**VARIANTS["jko-2d-steps3"], "flow": dict(hidden=(64, 64), steps=3, density="map")}
 VARIANTS["jko-compiled-b1024"] = {**_JKO_COMPILED, "trainer": {**_JKO_COMPILED["trainer"], "batch_size": 1024}}
 #: ``--kind spline``: the same question for spline JKO steps (``jko-spline``: 4 steps of 2
 #: autoregressive RQ-spline layers), on the 2-D jobs where it is the best JKO flow.
@@ -508,6 +513,7 @@ def main() -> None:
     parser.add_argument(
         "--num-train", type=int, help="training points of a generated set (default: its train_size)"
     )
+    parser.add_argument("--budget", type=float, help="seconds per run (default: the dataset's, BUDGETS)")
     args = parser.parse_args()
     table, datasets = KINDS[args.kind]
     args.datasets = args.datasets or datasets
@@ -519,7 +525,7 @@ def main() -> None:
     for dataset in args.datasets:
         for seed in args.seeds:
             for variant in variants(dataset, args.variants):
-                row = run(dataset, variant, seed, BUDGETS[dataset], args.num_train)
+                row = run(dataset, variant, seed, args.budget or BUDGETS[dataset], args.num_train)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in LOG_KEYS}), flush=True)
     print(
@@ -543,7 +549,8 @@ def main() -> None:
         print(f"{dataset}: best on validation NLL: {best}")
         summary[f"{dataset}/best_on_validation"] = best
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary, "budgets": BUDGETS}, indent=1))
+    budgets = {d: args.budget or BUDGETS[d] for d in args.datasets}
+    Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary, "budgets": budgets}, indent=1))
 
 
 if __name__ == "__main__":

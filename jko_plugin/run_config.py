@@ -35,7 +35,8 @@ class RunConfig:
     ``first_share`` is block 1's share of a wall-clock budget against 1 for each other block
     (``budget_weights``, as ``compare`` trains). The fields a kind reads are its
     ``StepKind.run_options`` (ODE blocks: ``hidden`` and ``activation``, by default
-    ``default_velocity(dim)``'s, ``steps``, ``trace``, ``density``; spline and coupling steps:
+    ``default_velocity(dim)``'s, ``steps``, ``trace``, ``density``, by default ``"auto"``: the
+    trained map's exact density up to d = 3, where the ODE's let long runs degrade; spline and coupling steps:
     ``spline_layers``, ``spline_hidden``; spline steps ``spline_bins`` and ``spline_mix``, by
     default ``default_spline_bins(dim)`` and ``default_spline_mix(dim)``; coupling steps
     ``coupling_mix``, by default ``DEFAULT_COUPLING_MIX``, see ``make_coupling_step``;
@@ -65,7 +66,7 @@ class RunConfig:
     activation: str | None = None
     steps: int | None = None
     trace: str = "auto"
-    density: str = "ode"
+    density: str = "auto"
     spline_layers: int = 2
     spline_hidden: int = 64
     spline_bins: int | None = None

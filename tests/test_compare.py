@@ -67,14 +67,15 @@ def test_reference_values(moons_run):
     for m in ("cfm", "otcfm", "realnvp", "nsf"):
         assert by[m]["train_steps"] == 12
     # NFE: 12 RK4 steps; 8 coupling layers; 8 layers x d passes.
-    # ODE blocks sample with the ODE's fine solver: 8 RK4 steps x 4 stages per block.
+    # ODE blocks in 2-D sample the trained map (density="auto"): the reverse solve, up to 2 Newton
+    # steps and the log-det pass, each 3 RK4 steps x 4 stages per block.
     # A JKO row keeps the steps up to its best validation NLL (a split of its training points).
     kept = {m: by[m]["details"]["kept_steps"] for m in ("jko", "jko-spline")}
     assert 1 <= kept["jko"] <= 6 and 1 <= kept["jko-spline"] <= 4
     assert by["jko"]["details"]["validation_points"] == 60  # 10% of 600
     val = by["jko"]["details"]["validation_nll_per_block"]
     assert min(val) == val[kept["jko"] - 1]
-    assert [by[m]["nfe"] for m in NAMES] == [32 * kept["jko"], 4 * kept["jko-spline"], 48, 48, 8, 16]
+    assert [by[m]["nfe"] for m in NAMES] == [48 * kept["jko"], 4 * kept["jko-spline"], 48, 48, 8, 16]
     assert by["cfm"]["params"] == by["otcfm"]["params"]
 
 
@@ -181,33 +182,28 @@ def test_diverged_model_is_recorded_not_dropped(monkeypatch):
     assert format_table([rec]).splitlines()[2].startswith("| realnvp | - |")
 
 
-def test_ode_jko_scores_and_samples_one_map(monkeypatch):
+def test_ode_jko_scores_and_samples_one_map():
     assert METHODS["jko"].config(3, 0).trace == "exact"
     assert METHODS["jko"].config(4, 0).trace == "hutchinson"  # used where the density is the ODE's
-    # The ODE's density at 8 RK4 steps per block, samples from the same 8-step solver, and the
-    # trained sampler (RunConfig.steps RK4 steps) reported beside it, with the gap between the
-    # two densities; the trace exact up to d = 3.
+    # Above d = 3: the ODE's density at 8 RK4 steps per block, samples from the same 8-step
+    # solver, and the trained sampler (RunConfig.steps RK4 steps) reported beside it, with the gap
+    # between the two densities.
     trained_steps = METHODS["jko"].config(4, 0).steps
     assert trained_steps == 3
-    for data, trace in (("gmm3", "exact"), ("gmm4", "hutchinson")):
-        (rec,) = compare(data, "jko", steps=6, num_train=300, num_test=100, num_samples=200)
-        assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == trace
-        kept = rec["details"]["kept_steps"]
-        assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * trained_steps * 4
-        assert rec["fast_w2"] > 0 and abs(rec["details"]["solver_gap"]) < 0.5
+    (rec,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    assert rec["details"]["density"] == "ODE divergence" and rec["details"]["trace"] == "hutchinson"
+    kept = rec["details"]["kept_steps"]
+    assert rec["nfe"] == kept * 8 * 4 and rec["fast_nfe"] == kept * trained_steps * 4
+    assert rec["fast_w2"] > 0 and abs(rec["details"]["solver_gap"]) < 0.5
     (again,) = compare("gmm4", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
     assert np.isfinite(rec["test_nll"]) and rec["test_nll"] == again["test_nll"]
-    # An exact map density (density="map"): NLL and samples from the trained map, no second sampler.
-    from jko_plugin.compare.methods import Budget, JKOMethod
-
-    method = JKOMethod("jko-map", "ode", "ODE blocks, exact map density")
-    config = dataclasses.replace(method.config(2, 0), density="map")
-    monkeypatch.setattr(method, "config", lambda dim, seed: config)
-    model = method.train(torch.randn(300, 2), torch.randn(100, 2), Budget(steps=6), 0)
-    assert model.details["density"].startswith("exact map") and model.fast_sample is None
-    assert "solver_gap" not in model.details  # scored as trained: no second density
+    # Up to d = 3 (density="auto"): the exact density of the trained map, trained, scored and
+    # sampled on it (Newton's inverse), with the exact trace: no second sampler, no gap.
+    (rec,) = compare("gmm3", "jko", steps=6, num_train=300, num_test=100, num_samples=200)
+    assert rec["details"]["density"].startswith("exact map") and rec["details"]["trace"] == "exact"
+    assert rec["fast_w2"] is None and "solver_gap" not in rec["details"]
     # reverse solve, <= 2 Newton steps and the log-det pass, each steps x 4 stages
-    assert model.nfe == model.details["kept_steps"] * (2 + 2) * config.steps * 4
+    assert rec["nfe"] == rec["details"]["kept_steps"] * (2 + 2) * trained_steps * 4
 
 
 def test_seeds_give_the_median_and_spread_per_method(tmp_path):

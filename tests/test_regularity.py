@@ -104,9 +104,10 @@ def test_compare_reports_interpolants_distilled_maps_and_regularity(tmp_path):
     )
     by = {r["method"]: r for r in records}
     assert list(by) == ["jko", "jko@1", "jko@2", "trig", "trig@1", "trig@2", "realnvp"]
-    # jko samples its exact map (x4: reverse solve, Newton steps, log-det); a distilled map 1 or 2
+    # jko samples its exact map in 2-D (x4: reverse solve, 2 Newton steps, log-det; 3 RK4 steps of
+    # 4 stages each); a distilled map 1 or 2
     kept = by["jko"]["details"]["kept_steps"]  # the steps up to the best validation NLL
-    assert [by[m]["nfe"] for m in by] == [32 * kept, 1, 2, 48, 1, 2, 8]
+    assert [by[m]["nfe"] for m in by] == [48 * kept, 1, 2, 48, 1, 2, 8]
     for name in ("jko@1", "trig@2"):
         r = by[name]
         assert r["test_nll"] is None and r["errors"] == [] and r["w2"] > 0 and r["train_steps"] == 6

@@ -278,7 +278,7 @@ def test_ode_run_defaults_give_block_one_three_shares_of_a_budget():
     from jko_plugin.workflows import RunConfig
 
     ode = RunConfig(block="ode")
-    assert ode.density == "ode" and ode.budget_weights == (3.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    assert ode.density == "auto" and ode.budget_weights == (3.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     assert RunConfig(num_blocks=2).budget_weights == (1.0, 1.0)  # spline steps: equal shares
     assert RunConfig(block="ode", num_blocks=2, first_share=2).budget_weights == (2.0, 1.0)
     with pytest.raises(ValueError, match="first_share"):
