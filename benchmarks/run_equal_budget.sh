@@ -83,6 +83,9 @@ PY
     checkerboard_steps3) run checkerboard_steps3 --dataset checkerboard --methods jko,jko-spline,cfm,nsf --budget-seconds 30 --seeds 0,1,2 ;;
     moons_steps3) run moons_steps3 --dataset moons --methods jko,jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 ;;
     diabetes_jko_steps3) run diabetes_jko_steps3 --dataset benchmarks/data/diabetes_raw.csv --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
+    # `jko` in 2-D on the exact density of its trained map (RunConfig.density="auto"), 60 s and 300 s
+    moons_jko_map) run moons_jko_map --dataset moons --methods jko --budget-seconds 60 --seeds 0,1,2
+      run moons_jko_map_300s --dataset moons --methods jko --budget-seconds 300 --seeds 0 ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac
