@@ -86,6 +86,9 @@ PY
     # `jko` in 2-D on the exact density of its trained map (RunConfig.density="auto"), 60 s and 300 s
     moons_jko_map) run moons_jko_map --dataset moons --methods jko --budget-seconds 60 --seeds 0,1,2
       run moons_jko_map_300s --dataset moons --methods jko --budget-seconds 300 --seeds 0 ;;
+    checkerboard_jko_map) run checkerboard_jko_map --dataset checkerboard --methods jko --budget-seconds 30 --seeds 0,1,2 ;;
+    # does the ODE density of d > 3 drift from the trained steps over a long budget? (details.solver_gap)
+    gmm16_jko_300s) run gmm16_jko_300s --dataset gmm16 --methods jko --budget-seconds 300 --seeds 0 --compile ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac
