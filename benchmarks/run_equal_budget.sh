@@ -89,6 +89,9 @@ PY
     checkerboard_jko_map) run checkerboard_jko_map --dataset checkerboard --methods jko --budget-seconds 30 --seeds 0,1,2 ;;
     # does the ODE density of d > 3 drift from the trained steps over a long budget? (details.solver_gap)
     gmm16_jko_300s) run gmm16_jko_300s --dataset gmm16 --methods jko --budget-seconds 300 --seeds 0 --compile ;;
+    # the same after each step's validation record (and so the steps kept) moved to the ODE density
+    gmm16_jko_300s_scored) run gmm16_jko_300s_scored --dataset gmm16 --methods jko --budget-seconds 300 --seeds 0 --compile ;;
+    gmm16_jko_scored) run gmm16_jko_scored --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 --compile ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac

@@ -14,13 +14,14 @@ import normflows as nf
 import torch
 from torch import Tensor
 
+from ._ops import NLL_SOLVER_STEPS
 from .datasets.files import validation_split
 from .plotting import can_plot, plot_samples, plot_training
 from .run_config import RunConfig, default_config
 from .sampling.scheduler import JKOScheduler
-from .steps.block import JKOBlock
-from .steps.kinds import blocks_with_steps, jko_steps, make_flow
+from .steps.kinds import jko_steps, make_flow
 from .steps.normalize import Standardize
+from .steps.solver import ode_density_of
 from .training.distributed import is_main_process, resolve_device
 from .training.history import BlockRecord, StepEvent, TrainingHistory
 from .training.trainer import JKOTrainer
@@ -39,10 +40,6 @@ __all__ = [
     "solver_gap",
     "train_flow",
 ]
-
-
-#: RK4 steps per ODE block (at least) when ``evaluate`` scores the test NLL.
-NLL_SOLVER_STEPS = 8
 
 
 def build_flow(config: RunConfig, dim: int, num_blocks: int | None = None) -> nf.NormalizingFlow:
@@ -85,8 +82,7 @@ def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
     """Score ODE blocks whose log-det integrates the divergence (``density="ode"``) with the ODE's
     own density: at least ``NLL_SOLVER_STEPS`` RK4 steps per block. Blocks with an exact map
     density, spline and coupling steps are exact maps already and are left as they are."""
-    blocks = [f for f in flow.flows if isinstance(f, JKOBlock) and not f.exact_map]
-    with blocks_with_steps(blocks, max([NLL_SOLVER_STEPS] + [b.steps for b in blocks])):
+    with ode_density_of(flow.flows):
         yield flow
 
 

@@ -8,6 +8,7 @@ import torch
 from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, make_flow
 from jko_plugin.training.history import TrainingHistory, knn_entropy
 from jko_plugin.training.step_fit import StepFitter
+from jko_plugin.workflows import ode_density, solver_gap
 
 from .flowcheck import RevisingPlan, moons
 
@@ -63,8 +64,9 @@ def test_moons_kl_decreases_and_movement_shrinks():
     assert all(b <= a + 1e-3 for a, b in zip(kl, kl[1:])), kl
     assert kl[-1] < kl[0] - 1e-3
     assert hist.blocks[-1].w2_movement < hist.blocks[0].w2_movement
-    # The KL estimate is the held-out NLL less the kNN entropy of the data.
-    with torch.no_grad():
+    # The KL estimate is the held-out NLL less the kNN entropy of the data; the NLL is the ODE's
+    # own density (as it is scored), not the 2-step log-det the blocks were trained on.
+    with torch.no_grad(), ode_density(flow):
         nll = -flow.log_prob(x_val).mean()
     assert hist.blocks[-1].nll == pytest.approx(float(nll), rel=1e-4)
     assert hist.blocks[-1].kl_estimate == pytest.approx(float(nll) - knn_entropy(x_val), rel=1e-4)
@@ -74,6 +76,21 @@ def test_moons_kl_decreases_and_movement_shrinks():
     d = json.loads(json.dumps(hist.to_dict()))
     assert TrainingHistory.from_dict(d).to_dict() == d
     assert "W2 move" in hist.summary()
+
+
+def test_steps_are_kept_on_the_density_they_are_scored_with():
+    # One RK4 step per block in training: a log-det far from the ODE's, so the records (and
+    # keep_best_steps) must come from the ODE density, prefix by prefix.
+    x, x_val = moons(2000, 0), moons(500, 1)
+    flow = make_flow(2, 2, block="ode", hidden=(32, 32), steps=1, density="ode")
+    hist = small_trainer(flow, [0.5, 1.0], iterations=150, batch_size=256, lr=1e-2).fit(x, x_val)
+    assert abs(solver_gap(flow, x_val)) > 1e-3  # the two densities differ here
+    with torch.no_grad(), ode_density(flow):
+        z1, ld1 = flow.flows[1].inverse(x_val)
+        first = -(flow.q0.log_prob(z1) + ld1).mean()
+        both = -flow.log_prob(x_val).mean()
+    assert [b.nll for b in hist.blocks] == pytest.approx([float(first), float(both)], rel=1e-4)
+    assert flow.flows[0].steps == 1  # trained steps given back
 
 
 def test_block_diagnostics_match_a_direct_evaluation():

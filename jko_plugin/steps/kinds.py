@@ -2,8 +2,7 @@ r"""The registry of JKO step kinds (``STEP_KINDS``) and the ready-made flows bui
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import normflows as nf
@@ -17,6 +16,7 @@ from .block import JKOBlock
 from .context import context_settings
 from .layers import build_layer
 from .map import JKOStep
+from .solver import solver_steps
 
 __all__ = [
     "AUTOREGRESSIVE_MAX_DIM",
@@ -367,38 +367,6 @@ def _first(first: Mapping[str, object] | None, k: int) -> dict:
 def jko_steps(flow: nf.NormalizingFlow | Flow) -> list[ProximalStep]:
     """The JKO steps of ``flow`` in training order (data side first, i.e. ``flows[-1]`` first)."""
     return [f for f in reversed(flow.flows) if isinstance(f, ProximalStep)]
-
-
-@contextmanager
-def solver_steps(flow: nf.NormalizingFlow, steps: int) -> Iterator[nf.NormalizingFlow]:
-    """Integrate every ``JKOBlock`` of ``flow`` with ``steps`` solver steps inside the block.
-
-    A block's log-determinant is the divergence integrated along the solver's trajectory: exact
-    for the ODE, approximate for the few-step map the block was trained with. Once training has
-    sharpened the velocity, that gap shows (a two-moons density integrating to 1.02 over the
-    plane with 2 RK4 steps per block, to 1.0000 with 8); a finer solver evaluates the ODE's own,
-    normalised density::
-
-        with solver_steps(flow, 8):
-            nll = -flow.log_prob(x_test).mean()
-    """
-    positive_int("steps", steps)
-    with blocks_with_steps([f for f in flow.flows if isinstance(f, JKOBlock)], steps):
-        yield flow
-
-
-@contextmanager
-def blocks_with_steps(blocks: list[JKOBlock], steps: int) -> Iterator[None]:
-    """Integrate each of ``blocks`` with ``steps`` solver steps, and give each its own back after
-    (``solver_steps``, ``workflows.ode_density``)."""
-    saved = [b.steps for b in blocks]
-    for b in blocks:
-        b.steps = steps
-    try:
-        yield
-    finally:
-        for b, n in zip(blocks, saved):
-            b.steps = n
 
 
 def fresh_like(step: ProximalStep, *, seed: int) -> ProximalStep:
