@@ -1,5 +1,6 @@
 """Within-step early stopping: each JKO step keeps its best iterate on the validation points."""
 
+import copy
 import json
 
 import pytest
@@ -207,3 +208,56 @@ def test_an_averaged_step_ends_at_the_moving_average_of_its_iterates():
 
 def _params(step):
     return [p.detach().clone() for p in step.parameters()]
+
+
+def test_an_ode_step_whose_checks_chose_on_an_exploited_log_det_chooses_again(monkeypatch):
+    # The checks score the 1-step log-det the block trains on; choose_on_scored_density gets every
+    # checked iterate and rescores on the ODE's density. Forced here to prefer the start.
+    from jko_plugin.training import step_fit
+
+    seen = {}
+
+    def first_candidate(step, best, candidates, score):
+        state = {k: v.clone() for k, v in step.state_dict().items()}
+        seen.update(best=best, its=[it for _, it in candidates], score=score(step), state=state)
+        return (0.0, *candidates[0])
+
+    monkeypatch.setattr(step_fit, "choose_on_scored_density", first_candidate)
+    x, val = moons(256, 0), moons(128, 1)
+    torch.manual_seed(0)
+    block = make_flow(2, 1, block="ode", hidden=(16,), steps=1, density="ode").flows[0]
+    start = {k: v.clone() for k, v in block.state_dict().items()}
+    f = fitter(step_checks=4, batch_size=64, lr=1e-2)
+    assert f.train(block, x, 0.5, 1, 20, 1, val=val) == (20, 0)
+    assert seen["its"] == [0, *check_iterations(20, 4)]
+    trained = copy.deepcopy(block)
+    trained.load_state_dict(seen["state"])
+    assert seen["score"] == pytest.approx(f.validation_loss(trained, val, 0.5))  # the ODE's density
+    assert seen["score"] != pytest.approx(f.validation_loss(trained, val, 0.5, scored=False))
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, start[k]), k
+    # Exact maps and blocks trained with the scoring solver are not asked.
+    seen.clear()
+    spline = spline_step()
+    f.train(spline, x, 0.5, 1, 20, 1, val=val)
+    assert not seen
+
+
+def test_choose_on_scored_density_keeps_the_winner_within_tolerance():
+    from jko_plugin.training.checks import EXPLOIT_TOLERANCE, choose_on_scored_density
+
+    step = torch.nn.Linear(1, 1, bias=False)
+    states = [({"weight": torch.tensor([[w]])}, i) for i, w in enumerate([0.5, 2.0])]
+    calls = []
+
+    def score(s):
+        calls.append(float(s.weight.detach()))
+        return float(s.weight.detach()) ** 2
+
+    held = step.weight.detach().clone()
+    # 2.0 scored 4.0 by the checks: rescored within the tolerance, it stands after one score.
+    assert choose_on_scored_density(step, (4.0 - EXPLOIT_TOLERANCE / 2, *states[1]), states, score)[2] == 1
+    assert calls == [2.0]
+    # Scored 1.0 by the checks, 4.0 by the scored density: every candidate is rescored.
+    assert choose_on_scored_density(step, (1.0, *states[1]), states, score) == (0.25, *states[0])
+    assert torch.equal(step.weight, held)  # the step keeps its own weights

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jko_plugin import CheckpointError, JKOBlock, JKOTrainer, TrainingDiverged, make_flow
+from jko_plugin.training.distributed import DistributedContext
 from jko_plugin.training.history import TrainingHistory, knn_entropy
 from jko_plugin.training.step_fit import StepFitter
 from jko_plugin.workflows import ode_density, solver_gap
@@ -90,6 +91,10 @@ def test_steps_are_kept_on_the_density_they_are_scored_with():
         first = -(flow.q0.log_prob(z1) + ld1).mean()
         both = -flow.log_prob(x_val).mean()
     assert [b.nll for b in hist.blocks] == pytest.approx([float(first), float(both)], rel=1e-4)
+    # The within-step checks score the ODE density as well: the proximal loss of step 1 on x_val.
+    loss = 0.5 * z1.square().sum(-1) - ld1 + (z1 - x_val).square().sum(-1) / (2 * 0.5)
+    fitter = StepFitter(small_trainer(flow, [0.5, 1.0]).options, DistributedContext())
+    assert fitter.validation_loss(flow.flows[1], x_val, 0.5) == pytest.approx(float(loss.mean()), rel=1e-5)
     assert flow.flows[0].steps == 1  # trained steps given back
 
 

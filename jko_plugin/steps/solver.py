@@ -14,7 +14,7 @@ from .._ops import NLL_SOLVER_STEPS
 from .._validate import positive_int
 from .block import JKOBlock
 
-__all__ = ["blocks_with_steps", "ode_density_of", "solver_steps"]
+__all__ = ["blocks_with_steps", "integrates_divergence", "ode_density_of", "solver_steps"]
 
 
 @contextmanager
@@ -47,6 +47,12 @@ def blocks_with_steps(blocks: list[JKOBlock], steps: int) -> Iterator[None]:
     finally:
         for b, n in zip(blocks, saved):
             b.steps = n
+
+
+def integrates_divergence(layer: nn.Module) -> bool:
+    """Whether ``layer`` is an ODE block whose log-det integrates its divergence with fewer
+    solver steps than its ODE is scored with (``ode_density_of`` changes it)."""
+    return isinstance(layer, JKOBlock) and not layer.exact_map and layer.steps < NLL_SOLVER_STEPS
 
 
 @contextmanager

@@ -27,7 +27,8 @@ class BlockRecord:
         w2_movement: ``sqrt(E|T(x) - x|^2)``, an upper bound on ``W2(rho_{k-1}, rho_k)``.
         movement_ratio: ``E|T(x) - x|^2 / E|T(x)|^2``, the stopping rule's statistic.
         kl_estimate: Estimate of ``KL(rho_k || N(0, I))`` on held-out data (see ``TrainingHistory``).
-        nll: Held-out negative log-likelihood in nats of the flow cut after this block.
+        nll: Held-out negative log-likelihood in nats of the flow cut after this block (ODE
+            blocks with ``density="ode"``: the ODE's own density, ``ode_density_of``).
         inversion_error: Mean ``|T^{-1}(T(x)) - x|`` on held-out data.
         seconds: Wall time to train the block (pushing the data forward included).
         iterations: Training iterations the block took (0 in histories saved before this field;

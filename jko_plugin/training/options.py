@@ -86,7 +86,8 @@ class TrainerOptions:
         step_checks: Within-step early stopping: measure each step's proximal loss on ``x_val``
             before training and this many times during it, and keep the best iterate. ``x_val``
             must then be a validation split, never the points the model is scored on. 0: keep
-            the last iterate.
+            the last iterate. An ODE block trained on a few-step log-det (``density="ode"``) is
+            checked on it, and the winner rescored on the ODE's density (``checks.py``).
         step_patience: With ``step_checks``: stop a step's training after this many checks in a
             row without a better score, and give the time left to the blocks after it (under a
             ``TimeBudget``). 0: train every planned iteration.

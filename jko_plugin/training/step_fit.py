@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..steps.base import ProximalStep, Transport
-from ..steps.solver import ode_density_of
+from ..steps.solver import integrates_divergence, ode_density_of
+from .checks import _copy, _ema, check_iterations, choose_on_scored_density
 from .distributed import DistributedContext, LossTerms, wrap_ddp
 from .history import StepEvent
 from .options import OPTIMIZERS, TrainerOptions, TrainingDiverged
@@ -121,7 +122,14 @@ class StepFitter:
         Returns ``(iterations trained, iterations behind the weights kept)``."""
         opts, ctx = self.options, self.ctx
         checks = set(check_iterations(iterations, opts.step_checks)) if val is not None else set()
-        best = (self.validation_loss(step, val, h, context_val), _copy(step), 0) if checks else None
+        # Checks score the density the step trains on (cheap); where that is a few-step ODE
+        # log-det, the iterates stay candidates for choose_on_scored_density at the end.
+        best = (
+            (self.validation_loss(step, val, h, context_val, scored=False), _copy(step), 0)
+            if checks
+            else None
+        )
+        candidates = [best[1:]] if checks and integrates_divergence(step) else None
         # The average is a copy of the step that only ever holds averaged weights: it is what the
         # checks score and what the step ends with.
         average = _ema(step, opts.ema) if opts.ema else None
@@ -182,11 +190,14 @@ class StepFitter:
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if it + 1 in checks:
                     check_began = time.perf_counter()
-                    score = self.validation_loss(kept, val, h, context_val)
+                    score = self.validation_loss(kept, val, h, context_val, scored=False)
                     step.train()
                     check_seconds += time.perf_counter() - check_began
+                    state = _copy(kept)
+                    if candidates is not None:
+                        candidates.append((state, it + 1))
                     if score < best[0]:
-                        best, worse = (score, _copy(kept), it + 1), 0
+                        best, worse = (score, state, it + 1), 0
                     else:
                         worse += 1
                     # The score is summed over ranks, so every rank stops at the same iteration.
@@ -203,6 +214,10 @@ class StepFitter:
                         _stretch_cosine(optimizer[1], iterations)
                     bar.total = iterations
         bar.close()
+        if candidates is not None:
+            best = choose_on_scored_density(
+                step, best, candidates, lambda s: self.validation_loss(s, val, h, context_val)
+            )
         if best is None or best[2] == trained:
             if average is not None:
                 step.load_state_dict(average.module.state_dict())
@@ -212,11 +227,18 @@ class StepFitter:
 
     @torch.no_grad()
     def validation_loss(
-        self, step: ProximalStep, val: Tensor, h: float, context_val: Tensor | None = None
+        self,
+        step: ProximalStep,
+        val: Tensor,
+        h: float,
+        context_val: Tensor | None = None,
+        *,
+        scored: bool = True,
     ) -> float:
         """The step's proximal loss ``|T(x)|^2/2 - log|det dT(x)| + |T(x) - x|^2 / (2h)`` averaged
-        over ``val`` (over every rank's rows in a distributed run); ``inf`` if not finite."""
-        z, log_det = self.push(step, val, context_val)
+        over ``val`` (over every rank's rows in a distributed run) with the density it is scored
+        with (``push_scored``), or with ``scored=False`` the one it trains on; ``inf`` if not finite."""
+        z, log_det = (self.push_scored if scored else self.push)(step, val, context_val)
         rows = 0.5 * z.square().sum(-1) - log_det + (z - val).square().sum(-1) / (2 * h)
         total = torch.tensor([float(rows.double().sum()), float(rows.shape[0])], dtype=torch.float64)
         if self.ctx.active:
@@ -243,6 +265,16 @@ class StepFitter:
         # e.g. ActNorm returns a scalar log-determinant
         return torch.cat([z for z, _ in outs]), torch.cat([ld.expand(z.shape[0]) for z, ld in outs])
 
+    def push_scored(
+        self, step: ProximalStep, val: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``push`` with the density the step will be scored with: an ODE block that integrates
+        its divergence (``density="ode"``) is pushed with the ODE's own (``ode_density_of``).
+        Checks and records choose on it because the optimiser can exploit a few-step log-det:
+        gmm16 at 300 s overstated it by 0.92 nats, moons with 2 RK4 steps by 2.5-8 (BENCHMARKS.md)."""
+        with ode_density_of([step]):
+            return self.push(step, val, context)
+
     @torch.no_grad()
     def diagnose(
         self,
@@ -254,8 +286,7 @@ class StepFitter:
         context_val: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
         """A trained step's pass over the data: ``(T(data), sums of its loss terms, T(val),
-        log-dets on val, inversion error on val)``; ``val`` goes through the ODE's own density
-        where the step integrates its divergence (``steps.kinds.ode_density_of``).
+        log-dets on val, inversion error on val)``; ``val`` goes through ``push_scored``.
 
         The training points are pushed without their divergence (one velocity pass per stage
         instead of ``d + 1``), and ``-log|det|`` is averaged over ``eval_size`` of them: in d = 16
@@ -287,10 +318,7 @@ class StepFitter:
             _, ld = step.inverse(data[:eval_size], context=_head(context, eval_size))
             sums[1] = -ld.double().mean() * data.shape[0]
         sums = torch.cat([sums, torch.tensor([float(data.shape[0])], dtype=torch.float64)])
-        # Scored as it will be scored: on gmm16 at 300 s the 3-step log-det overstated the ODE's
-        # by 0.92 nats, and the steps kept on it were the wrong ones (BENCHMARKS.md s.4.0).
-        with ode_density_of([step]):
-            val_z, val_ld = self.push(step, val, context_val)
+        val_z, val_ld = self.push_scored(step, val, context_val)
         return torch.cat(zs), sums, val_z, val_ld, inv_err
 
 
@@ -357,32 +385,6 @@ def probe_iterations(iterations: int) -> int:
     (176, 20, 8)
     """
     return min(iterations, max(20, iterations // 25))
-
-
-def check_iterations(iterations: int, checks: int) -> list[int]:
-    """The iteration counts after which a step with ``checks`` validation checks is measured:
-    ``iterations * (i / checks)^2`` for ``i = 1..checks`` (fewer when there are fewer iterations).
-    Denser early, because on small data a step's best iterate comes early: the last iterates of
-    a cosine-annealed run differ little.
-
-    >>> check_iterations(100, 4), check_iterations(3, 10)
-    ([6, 25, 56, 100], [1, 2, 3])
-    """
-    if checks <= 0:
-        return []
-    return sorted({max(1, round(iterations * (i / checks) ** 2)) for i in range(1, checks + 1)})
-
-
-def _ema(step: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of ``step``'s parameters (its buffers follow the step's);
-    its first ``update_parameters`` copies the step, so the average starts at the first iterate."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(step, multi_avg_fn=get_ema_multi_avg_fn(decay))
-
-
-def _copy(step: nn.Module) -> dict[str, Tensor]:
-    return {name: t.detach().clone() for name, t in step.state_dict().items()}
 
 
 def _total(terms: Sequence[Tensor]) -> Tensor:
