@@ -96,6 +96,10 @@ PY
     gmm16_jko_checks) run gmm16_jko_checks --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 --compile ;;
     # ... and the checks on the trained density, rescored on the ODE's only when they stray from it
     gmm16_jko_rechoose) run gmm16_jko_rechoose --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 --compile ;;
+    # a budget long enough for the 3-step log-det to be exploited; _before: the same with
+    # PYTHONPATH on a checkout of 38b6aef (checks and records on the trained density)
+    gmm16_jko_600s) run gmm16_jko_600s --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
+    gmm16_jko_600s_before) run gmm16_jko_600s_before --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac

@@ -271,7 +271,7 @@ class StepFitter:
         """``push`` with the density the step will be scored with: an ODE block that integrates
         its divergence (``density="ode"``) is pushed with the ODE's own (``ode_density_of``).
         Checks and records choose on it because the optimiser can exploit a few-step log-det:
-        gmm16 at 300 s overstated it by 0.92 nats, moons with 2 RK4 steps by 2.5-8 (BENCHMARKS.md)."""
+        gmm16 at 300 s overstated it by 0.92 nats, moons with 2 RK4 steps by up to 10 (BENCHMARKS.md)."""
         with ode_density_of([step]):
             return self.push(step, val, context)
 
