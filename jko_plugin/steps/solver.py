@@ -52,7 +52,11 @@ def blocks_with_steps(blocks: list[JKOBlock], steps: int) -> Iterator[None]:
 def integrates_divergence(layer: nn.Module) -> bool:
     """Whether ``layer`` is an ODE block whose log-det integrates its divergence with fewer
     solver steps than its ODE is scored with (``ode_density_of`` changes it)."""
-    return isinstance(layer, JKOBlock) and not layer.exact_map and layer.steps < NLL_SOLVER_STEPS
+    return _ode_density_block(layer) and layer.steps < NLL_SOLVER_STEPS
+
+
+def _ode_density_block(layer: nn.Module) -> bool:
+    return isinstance(layer, JKOBlock) and not layer.exact_map
 
 
 @contextmanager
@@ -60,6 +64,6 @@ def ode_density_of(layers: Iterable[nn.Module]) -> Iterator[None]:
     """Give those of ``layers`` that are ODE blocks integrating their divergence
     (``density="ode"``) the ODE's own density for the duration: at least ``NLL_SOLVER_STEPS`` RK4
     steps each. Exact maps (``density="map"``, spline and coupling steps) are left as they are."""
-    blocks = [f for f in layers if isinstance(f, JKOBlock) and not f.exact_map]
+    blocks = [f for f in layers if _ode_density_block(f)]
     with blocks_with_steps(blocks, max([NLL_SOLVER_STEPS] + [b.steps for b in blocks])):
         yield

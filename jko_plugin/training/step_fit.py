@@ -193,10 +193,11 @@ class StepFitter:
                     score = self.validation_loss(kept, val, h, context_val, scored=False)
                     step.train()
                     check_seconds += time.perf_counter() - check_began
-                    state = _copy(kept)
+                    improved = score < best[0]
+                    state = _copy(kept) if improved or candidates is not None else None
                     if candidates is not None:
                         candidates.append((state, it + 1))
-                    if score < best[0]:
+                    if improved:
                         best, worse = (score, state, it + 1), 0
                     else:
                         worse += 1
