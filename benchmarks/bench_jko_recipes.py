@@ -107,6 +107,22 @@ rest for the within-step checks):
   coupling-lu-checks       each step starts with an identity-initialised LU linear map (`mix="lu"`)
   coupling-4layers-checks, coupling-lu-4layers-checks   4 coupling layers per step
 
+Grid variants (`--kind grid`, tree and rose 300 s, 2-D: `GridRQSpline` steps, a spline of
+coordinate 0 and one of coordinate 1 read from a table of rows over coordinate 0; 4 steps, step 1
+with 3 shares and on [-3, 3], lr 1e-2, batches of 512, 128 bins, 128 rows, 2 layers (conditioning
+on 0, then 1) unless the name says otherwise):
+
+  grid                      as above
+  grid-1layer               one layer per step (every step conditions coordinate 1 on 0)
+  grid-lr3e-3, grid-1layer-lr3e-3   lr 3e-3
+  grid-b1024, grid-1layer-b1024, grid-1layer-b2048   batches of 1,024 / 2,048
+  grid-k256, grid-1layer-k256, grid-1layer-k64   256 / 64 table rows
+  grid-1layer-bins256, grid-bins64   256 / 64 bins
+  grid-1layer-b1024-compiled   trained through torch.compile
+  grid-1layer-b1024-bins64, -bins32   batches of 1,024 with 64 / 32 bins (`jko-grid`: 64)
+  grid-1layer-b1024-bins64-k192   the same with 192 rows
+  grid-1layer-b1024-bins64-6steps   6 steps (shares 3, 1, 1, 1, 1, 1)
+
 Generated sets train on their `train_size` points (20,000; rose and tree 500,000, JKO-iFlow's own
 training set); the rose and tree rows measured before that default used 20,000 (`--num-train 20000`).
 
@@ -116,6 +132,7 @@ it and never used to choose. Medians over seeds.
     flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --seeds 0 1 2                 # ODE blocks
     flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --kind spline --seeds 0 1 2   # spline steps
     flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --kind coupling --seeds 0 1   # coupling steps
+    flock /tmp/bench.lock python benchmarks/bench_jko_recipes.py --kind grid --seeds 0 --variants grid-1layer-b1024-bins64
 """
 
 from __future__ import annotations
@@ -405,6 +422,62 @@ COUPLING_VARIANTS = {
         num_blocks=4, flow=dict(layers=4, mix="lu"), trainer=_CHECKS, weights=None, passes=1
     ),
 }
+#: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
+_GRID = dict(num_blocks=4, first=dict(tail_bound=3.0), weights=(3, 1, 1, 1), passes=1)
+GRID_VARIANTS = {
+    "grid": dict(_GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-1layer": dict(_GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-lr3e-3": dict(_GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10)),
+    "grid-b1024": dict(
+        _GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-k256": dict(_GRID, flow=dict(layers=2, bins=128, knots=256), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-1layer-k256": dict(_GRID, flow=dict(layers=1, bins=128, knots=256), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-1layer-k64": dict(_GRID, flow=dict(layers=1, bins=128, knots=64), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-1layer-lr3e-3": dict(_GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10)),
+    "grid-1layer-b1024": dict(
+        _GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-bins256": dict(_GRID, flow=dict(layers=1, bins=256, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid-1layer-b2048": dict(
+        _GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=2048)
+    ),
+    "grid-1layer-b1024-compiled": dict(
+        _GRID,
+        flow=dict(layers=1, bins=128, knots=128),
+        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024, compile=True),
+    ),
+    "grid-1layer-b1024-bins64": dict(
+        _GRID, flow=dict(layers=1, bins=64, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins32": dict(
+        _GRID, flow=dict(layers=1, bins=32, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins64-k192": dict(
+        _GRID, flow=dict(layers=1, bins=64, knots=192), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins64-6steps": dict(
+        _GRID,
+        num_blocks=6,
+        weights=(3, 1, 1, 1, 1, 1),
+        flow=dict(layers=1, bins=64, knots=128),
+        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
+    ),
+    "grid-1layer-b1024-bins64-latent": dict(
+        _GRID,
+        flow=dict(layers=1, bins=64, knots=128, read_at="latent"),
+        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
+    ),
+    "grid-1layer-b1024-bins64-k256": dict(
+        _GRID, flow=dict(layers=1, bins=64, knots=256), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins64-k256-latent": dict(
+        _GRID,
+        flow=dict(layers=1, bins=64, knots=256, read_at="latent"),
+        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
+    ),
+    "grid-bins64": dict(_GRID, flow=dict(layers=2, bins=64, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
+}
 BUDGETS = {
     "moons": 60.0,
     "gmm16": 120.0,
@@ -447,6 +520,7 @@ KINDS = {
     "ode": (VARIANTS, ["moons", "gmm16"]),
     "spline": (SPLINE_VARIANTS, ["checkerboard", "moons"]),
     "coupling": (COUPLING_VARIANTS, ["digits"]),
+    "grid": (GRID_VARIANTS, ["tree", "rose"]),
 }
 NUM_BLOCKS = 6
 #: What each finished run prints, one JSON line.
@@ -464,8 +538,9 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
         x_train, x_test = train_test_split(ds.sample(ds.size, seed=seed), 0.2, seed=seed)
         x_train, x_val = train_test_split(x_train, 0.2, seed=seed + 100)
         x_train, x_sel = train_test_split(x_train, 0.1, seed=seed + 200)
-    spec = {**VARIANTS, **SPLINE_VARIANTS, **COUPLING_VARIANTS}[variant]
+    spec = {**VARIANTS, **SPLINE_VARIANTS, **COUPLING_VARIANTS, **GRID_VARIANTS}[variant]
     block = "ode" if variant in VARIANTS else "coupling" if variant in COUPLING_VARIANTS else "spline"
+    block = "grid" if variant in GRID_VARIANTS else block
     num_blocks = spec.get("num_blocks", NUM_BLOCKS)
     torch.manual_seed(seed)
     dim = x_train.shape[1]

@@ -100,6 +100,9 @@ PY
     # PYTHONPATH on a checkout of 38b6aef (checks and records on the trained density)
     gmm16_jko_600s) run gmm16_jko_600s --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
     gmm16_jko_600s_before) run gmm16_jko_600s_before --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
+    # spline steps conditioned through a table (GridRQSpline); before each, a 40-step warm-up
+    tree_grid) run tree_grid --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
+    rose_grid) run rose_grid --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
     tree) run tree --dataset tree --methods jko-spline,cfm,nsf --budget-seconds 300 --seeds 0 ;;
     *) echo "unknown job $job"; exit 2 ;;
   esac

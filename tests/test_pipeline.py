@@ -125,13 +125,14 @@ def test_every_supported_layer_is_rebuilt_from_its_description(name):
         "IdentityInitLULinear": lambda: cls(3),
         "Standardize": lambda: cls(3, torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.0, 2.0])),
         "AffineConstFlow": lambda: cls((3,), shift=False),
+        "GridRQSpline": lambda: cls(given=1, num_bins=5, knots=4, tail_bound=2.5, read_at="latent"),
     }
     layer = makers[name]().double()
     perturb(layer, 0.5)
     spec = json.loads(json.dumps(describe_layer(layer)))
     rebuilt = build_layer(spec).double()
     rebuilt.load_state_dict(layer.state_dict(), strict=True)
-    z = torch.randn(7, 3, dtype=torch.float64)
+    z = torch.randn(7, 2 if name == "GridRQSpline" else 3, dtype=torch.float64)
     with torch.no_grad():
         for a, b in zip(layer(z), rebuilt(z)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

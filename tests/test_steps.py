@@ -134,7 +134,7 @@ def test_registry_builds_every_kind_through_make_flow():
         assert all(f.kind == name for f in flow.flows)
         assert kind.run_defaults["num_blocks"] >= 1
     with pytest.raises(
-        ValueError, match="block must be one of \\['coupling', 'ode', 'spline'\\], got 'flow'"
+        ValueError, match="block must be one of \\['coupling', 'grid', 'ode', 'spline'\\], got 'flow'"
     ):
         make_flow(2, 2, block="flow")
     with pytest.raises(ValueError, match="bad options \\['steps'\\] for block='spline'"):

@@ -112,6 +112,15 @@ class Method:
     summary: str = ""
     #: Import names of the optional packages the method needs (see ``adapters.peers.INSTALL_HINTS``).
     requires: tuple[str, ...] = ()
+    #: The data dimensions the method models (``None``: any).
+    dims: tuple[int, ...] | None = None
+
+    def check_dim(self, dim: int) -> None:
+        """Raise ``ValueError`` if the method does not model data of dimension ``dim``."""
+        if self.dims is not None and dim not in self.dims:
+            raise ValueError(
+                f"compare method {self.name!r} models data of dimension {self.dims}, got d = {dim}"
+            )
 
     def check_available(self) -> None:
         """Raise ``ImportError`` naming the install command if a package in ``requires`` is missing."""
@@ -150,6 +159,7 @@ class JKOMethod(Method):
     def __init__(self, name: str, block: str, summary: str, **overrides: object) -> None:
         self.name, self.block, self.summary = name, block, summary
         self.overrides = overrides
+        self.dims = (2,) if block == "grid" else None  # a table over the other coordinate
 
     def config(self, dim: int, seed: int) -> RunConfig:
         """The run settings of this method in dimension ``dim`` (``overrides`` on the kind's defaults)."""
@@ -361,6 +371,13 @@ METHODS: dict[str, Method] = {
             spline_bins=64,
             first_share=3.0,
             first_tail_bound=3.0,
+        ),
+        JKOMethod(
+            "jko-grid",
+            "grid",
+            "JKO flow of 2-D spline steps conditioned through a table over the other coordinate, "
+            "batches of 1,024 (2-D pictures, budgets of minutes)",
+            batch_size=1024,
         ),
         FlowMatchingMethod("cfm", "independent", "flow matching, linear path (I-CFM / rectified flow)"),
         FlowMatchingMethod("otcfm", "ot", "flow matching with exact minibatch OT coupling (OT-CFM)"),

@@ -301,6 +301,8 @@ def compare(
     dim = x_train.shape[1]
     if dim < 2:
         raise ValueError(f"compare needs data of dimension >= 2 (coupling flows), got d = {dim}")
+    for name in names:
+        METHODS[name].check_dim(dim)
     n = min(w2_points, x_test.shape[0], x_train.shape[0], num_samples)
     ref = x_test[:n]
     floor, floor_note = checked_wasserstein2(x_train[:n], ref, "the data-vs-data W2 floor")

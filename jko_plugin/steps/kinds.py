@@ -14,6 +14,7 @@ from .._validate import choice, positive_int
 from .base import ProximalStep
 from .block import JKOBlock
 from .context import context_settings
+from .grid import make_grid_step
 from .layers import build_layer
 from .map import JKOStep
 from .solver import solver_steps
@@ -253,6 +254,14 @@ STEP_KINDS: dict[str, StepKind] = {
         {"num_blocks": 4, "iterations": 600, "lr": 3e-3},
         "JKOSteps of an LU linear map and coupling RQ-spline layers (one network pass per layer "
         "either way: fast sampling)",
+    ),
+    "grid": StepKind(
+        "grid",
+        make_grid_step,
+        {"spline_bins": "bins"},  # one layer per step: two lost (BENCHMARKS.md s.4.0)
+        {"num_blocks": 4, "iterations": 600, "lr": 1e-2, "first_share": 3.0},
+        "JKOSteps of 2-D splines conditioned through a table over the other coordinate (pictures)",
+        _spline_first_defaults,
     ),
     "ode": StepKind(
         "ode",

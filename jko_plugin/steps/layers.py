@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .._validate import choice
 from .coupling import IdentityInitCoupledRQSpline, IdentityInitLULinear
+from .grid import GridRQSpline
 from .normalize import Standardize
 from .rq_spline import AutoregressiveRQSpline
 
@@ -179,6 +180,18 @@ LAYER_TYPES: dict[str, LayerType] = {
         _describe_crqs,
         _with_activation(IdentityInitCoupledRQSpline),
         _one_pass,
+    ),
+    "GridRQSpline": LayerType(
+        GridRQSpline,
+        lambda layer: {
+            "given": layer.given,
+            "num_bins": layer.num_bins,
+            "knots": layer.knots,
+            "tail_bound": layer.tail_bound,
+            "read_at": layer.read_at,
+        },
+        GridRQSpline,
+        _one_pass,  # a table read, not a network: counted as one pass to stay conservative
     ),
     "Standardize": LayerType(Standardize, lambda layer: {"dim": layer.dim}, Standardize, _no_network),
     "LULinearPermute": LayerType(

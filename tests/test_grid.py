@@ -1,0 +1,134 @@
+"""GridRQSpline and the grid step kind: identity at init, exact inverse and log-det, saving."""
+
+import normflows as nf
+import numpy as np
+import pytest
+import torch
+from normflows.utils import splines
+
+from jko_plugin import JKOStep, make_flow
+from jko_plugin.steps.grid import GridRQSpline, make_grid_step
+from jko_plugin.steps.layers import build_layer, describe_layer
+
+from .flowcheck import check_flow, jacobian_logdet, moons, perturb
+
+
+@pytest.mark.parametrize("given", [0, 1])
+def test_identity_at_initialisation(given):
+    layer = GridRQSpline(given=given, num_bins=32, knots=16, tail_bound=3.0)
+    x = torch.randn(200, 2) * 2  # some beyond the interval, where the tails are the identity
+    for out, log_det in (layer.inverse(x), layer.forward(x)):
+        torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+        torch.testing.assert_close(log_det, torch.zeros(200), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("given", "read_at"), [(0, "data"), (1, "data"), (0, "latent")])
+def test_round_trip_and_log_det_against_the_jacobian(given, read_at):
+    torch.manual_seed(0)
+    layer = GridRQSpline(given=given, num_bins=8, knots=5, tail_bound=2.0, read_at=read_at).double()
+    perturb(layer, scale=3.0)
+    x = torch.randn(64, 2, dtype=torch.float64) * 1.5
+    check_flow(layer, x, atol=1e-9)
+    z, log_det = layer.inverse(x)
+    assert (z - x).abs().max() > 0.1  # the perturbed map moves the points
+    torch.testing.assert_close(
+        log_det[:12], jacobian_logdet(lambda u: layer.inverse(u)[0], x[:12]), rtol=0, atol=1e-9
+    )
+    torch.testing.assert_close(
+        layer.forward(z)[1][:12], jacobian_logdet(lambda u: layer.forward(u)[0], z[:12]), rtol=0, atol=1e-9
+    )
+
+
+def test_given_coordinate_goes_through_its_own_spline_and_the_other_reads_the_table():
+    torch.manual_seed(1)
+    layer = GridRQSpline(given=1, num_bins=6, knots=4, tail_bound=2.0).double()
+    perturb(layer, scale=2.0)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    z, _ = layer.inverse(x)
+    k = layer.num_bins
+    m = layer.marginal.expand(10, -1)
+    ref, _ = splines.unconstrained_rational_quadratic_spline(
+        x[:, 1], m[:, :k], m[:, k : 2 * k], m[:, 2 * k :], tail_bound=2.0
+    )
+    torch.testing.assert_close(z[:, 1], ref)
+    # the other coordinate at a knot of the given one uses exactly that row of the table
+    at_knot = torch.tensor([[0.3, -2.0], [0.3, 2.0 / 3]], dtype=torch.float64)  # knots at -2, -2/3, 2/3, 2
+    rows = layer.table[[0, 2]]
+    ref, _ = splines.unconstrained_rational_quadratic_spline(
+        at_knot[:, 0], rows[:, :k], rows[:, k : 2 * k], rows[:, 2 * k :], tail_bound=2.0
+    )
+    torch.testing.assert_close(layer.inverse(at_knot)[0][:, 0], ref)
+
+
+def test_a_grid_step_saves_and_reloads_as_the_same_map():
+    torch.manual_seed(2)
+    step = make_grid_step(2, layers=2, bins=8, knots=6, tail_bound=3.0)
+    perturb(step, scale=2.0)
+    rebuilt = JKOStep.from_config(step.config())
+    rebuilt.load_state_dict(step.state_dict())
+    x = moons(50)
+    torch.testing.assert_close(rebuilt.inverse(x)[0], step.inverse(x)[0])
+    assert [describe_layer(f)["kwargs"]["given"] for f in step.flows] == [0, 1]
+    layer = GridRQSpline(given=1, num_bins=4, knots=3, tail_bound=2.5)  # described from its attributes
+    assert describe_layer(layer) == {
+        "class": "GridRQSpline",
+        "kwargs": {"given": 1, "num_bins": 4, "knots": 3, "tail_bound": 2.5, "read_at": "data"},
+    }
+    assert isinstance(build_layer(describe_layer(layer)), GridRQSpline)
+
+
+def test_a_grid_flow_trains_and_samples_in_two_dimensions():
+    flow = make_flow(2, 2, block="grid", bins=8, knots=8)
+    assert all(f.kind == "grid" for f in flow.flows)
+    x = moons(256)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = float(-flow.log_prob(x).mean())
+    for _ in range(60):
+        loss = -flow.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(-flow.log_prob(x).mean()) < before - 0.3
+    samples, log_q = flow.sample(100)
+    torch.testing.assert_close(log_q, flow.log_prob(samples), atol=1e-4, rtol=0)
+    assert isinstance(flow, nf.NormalizingFlow)
+
+
+def test_bad_settings_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="grid steps are for 2-D data .* got dim=3"):
+        make_grid_step(3)
+    with pytest.raises(ValueError, match="grid steps take no context"):
+        make_grid_step(2, num_classes=3)
+    with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got 2"):
+        GridRQSpline(given=2)
+    with pytest.raises(ValueError, match="knots must be an integer >= 2, got 1"):
+        GridRQSpline(knots=1)
+    with pytest.raises(ValueError, match="read_at must be one of \\['data', 'latent'\\], got 'x'"):
+        GridRQSpline(read_at="x")
+
+
+def test_train_and_sample_a_grid_flow_from_the_command_line(tmp_path, capsys):
+    from jko_plugin.cli import main
+
+    np.save(tmp_path / "pts.npy", moons(600).numpy())
+    run = tmp_path / "run"
+    args = ["--block", "grid", "--blocks", "2", "--iterations", "20", "--spline-bins", "8", "--quiet"]
+    assert main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(run), *args]) == 0
+    assert main(["sample", "--model", str(run / "model"), "-n", "40", "--out", str(tmp_path / "s.npy")]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (40, 2) and np.isfinite(samples).all()
+    np.save(tmp_path / "pts3.npy", np.random.default_rng(0).normal(size=(300, 3)))
+    assert main(["train", "--data", str(tmp_path / "pts3.npy"), "--out", str(tmp_path / "r3"), *args]) == 2
+    assert "grid steps are for 2-D data" in capsys.readouterr().err
+    assert not (tmp_path / "r3" / "model").exists()
+
+
+def test_compare_refuses_the_grid_method_off_two_dimensions():
+    from jko_plugin.compare import compare
+
+    with pytest.raises(
+        ValueError, match="compare method 'jko-grid' models data of dimension \\(2,\\), got d = 3"
+    ):
+        compare("gmm3", "jko-grid", steps=4, num_train=200, num_test=50)
