@@ -94,21 +94,21 @@ class GridRQSpline(Flow):
     def _assemble(self, given: Tensor, other: Tensor) -> Tensor:
         return torch.stack((given, other) if self.given == 0 else (other, given), dim=1)
 
+    def _map(self, v: Tensor, latent_to_data: bool) -> tuple[Tensor, Tensor]:
+        given, other = v[:, self.given], v[:, 1 - self.given]
+        out_given, ld_given = self._spline(given, self.marginal.expand(v.shape[0], -1), latent_to_data)
+        data_side, latent_side = (out_given, given) if latent_to_data else (given, out_given)
+        at = data_side if self.read_at == "data" else latent_side
+        out_other, ld_other = self._spline(other, self._conditioner(at), latent_to_data)
+        return self._assemble(out_given, out_other), ld_given + ld_other
+
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``."""
-        x_given, x_other = x[:, self.given], x[:, 1 - self.given]
-        z_given, ld_given = self._spline(x_given, self.marginal.expand(x.shape[0], -1), inverse=False)
-        at = x_given if self.read_at == "data" else z_given
-        z_other, ld_other = self._spline(x_other, self._conditioner(at), inverse=False)
-        return self._assemble(z_given, z_other), ld_given + ld_other
+        return self._map(x, latent_to_data=False)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)``; the given coordinate first, then its row."""
-        z_given, z_other = z[:, self.given], z[:, 1 - self.given]
-        x_given, ld_given = self._spline(z_given, self.marginal.expand(z.shape[0], -1), inverse=True)
-        at = x_given if self.read_at == "data" else z_given
-        x_other, ld_other = self._spline(z_other, self._conditioner(at), inverse=True)
-        return self._assemble(x_given, x_other), ld_given + ld_other
+        return self._map(z, latent_to_data=True)
 
 
 def make_grid_step(
