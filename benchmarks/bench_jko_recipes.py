@@ -120,7 +120,8 @@ on 0, then 1) unless the name says otherwise):
   grid-1layer-bins256, grid-bins64   256 / 64 bins
   grid-1layer-b1024-compiled   trained through torch.compile
   grid-1layer-b1024-bins64, -bins32   batches of 1,024 with 64 / 32 bins (`jko-grid`: 64)
-  grid-1layer-b1024-bins64-k192   the same with 192 rows
+  grid-1layer-b1024-bins64-k192, -k256, -k384, -k512   the same with 192 / 256 (`jko-grid`) / 384 /
+            512 rows
   grid-1layer-b1024-bins64-6steps   6 steps (shares 3, 1, 1, 1, 1, 1)
 
 Generated sets train on their `train_size` points (20,000; rose and tree 500,000, JKO-iFlow's own
@@ -470,6 +471,12 @@ GRID_VARIANTS = {
     ),
     "grid-1layer-b1024-bins64-k256": dict(
         _GRID, flow=dict(layers=1, bins=64, knots=256), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins64-k384": dict(
+        _GRID, flow=dict(layers=1, bins=64, knots=384), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
+    ),
+    "grid-1layer-b1024-bins64-k512": dict(
+        _GRID, flow=dict(layers=1, bins=64, knots=512), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
     ),
     "grid-1layer-b1024-bins64-k256-latent": dict(
         _GRID,
