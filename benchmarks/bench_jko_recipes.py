@@ -424,66 +424,42 @@ COUPLING_VARIANTS = {
     ),
 }
 #: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
-_GRID = dict(num_blocks=4, first=dict(tail_bound=3.0), weights=(3, 1, 1, 1), passes=1)
+def _grid(*, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, **trainer):
+    """A grid variant: 4 steps (or ``steps``), step 1 with 3 shares and on [-3, 3], checks."""
+    return dict(
+        num_blocks=steps,
+        first=dict(tail_bound=3.0),
+        weights=(3,) + (1,) * (steps - 1),
+        passes=1,
+        flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at),
+        trainer=dict(step_checks=10, lr=lr, batch_size=batch_size, **trainer),
+    )
+
+
+_B128 = dict(bins=128, knots=128, batch_size=512)  # the first recipes' table and batches
 GRID_VARIANTS = {
-    "grid": dict(_GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-1layer": dict(_GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-lr3e-3": dict(_GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10)),
-    "grid-b1024": dict(
-        _GRID, flow=dict(layers=2, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-k256": dict(_GRID, flow=dict(layers=2, bins=128, knots=256), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-1layer-k256": dict(_GRID, flow=dict(layers=1, bins=128, knots=256), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-1layer-k64": dict(_GRID, flow=dict(layers=1, bins=128, knots=64), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-1layer-lr3e-3": dict(_GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10)),
-    "grid-1layer-b1024": dict(
-        _GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-bins256": dict(_GRID, flow=dict(layers=1, bins=256, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
-    "grid-1layer-b2048": dict(
-        _GRID, flow=dict(layers=1, bins=128, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=2048)
-    ),
-    "grid-1layer-b1024-compiled": dict(
-        _GRID,
-        flow=dict(layers=1, bins=128, knots=128),
-        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024, compile=True),
-    ),
-    "grid-1layer-b1024-bins64": dict(
-        _GRID, flow=dict(layers=1, bins=64, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins32": dict(
-        _GRID, flow=dict(layers=1, bins=32, knots=128), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins64-k192": dict(
-        _GRID, flow=dict(layers=1, bins=64, knots=192), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins64-6steps": dict(
-        _GRID,
-        num_blocks=6,
-        weights=(3, 1, 1, 1, 1, 1),
-        flow=dict(layers=1, bins=64, knots=128),
-        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
-    ),
-    "grid-1layer-b1024-bins64-latent": dict(
-        _GRID,
-        flow=dict(layers=1, bins=64, knots=128, read_at="latent"),
-        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
-    ),
-    "grid-1layer-b1024-bins64-k256": dict(
-        _GRID, flow=dict(layers=1, bins=64, knots=256), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins64-k384": dict(
-        _GRID, flow=dict(layers=1, bins=64, knots=384), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins64-k512": dict(
-        _GRID, flow=dict(layers=1, bins=64, knots=512), trainer=dict(step_checks=10, lr=1e-2, batch_size=1024)
-    ),
-    "grid-1layer-b1024-bins64-k256-latent": dict(
-        _GRID,
-        flow=dict(layers=1, bins=64, knots=256, read_at="latent"),
-        trainer=dict(step_checks=10, lr=1e-2, batch_size=1024),
-    ),
-    "grid-bins64": dict(_GRID, flow=dict(layers=2, bins=64, knots=128), trainer=dict(step_checks=10, lr=1e-2)),
+    "grid": _grid(layers=2, **_B128),
+    "grid-1layer": _grid(**_B128),
+    "grid-lr3e-3": _grid(layers=2, **_B128, lr=3e-3),
+    "grid-b1024": _grid(layers=2, **{**_B128, "batch_size": 1024}),
+    "grid-k256": _grid(layers=2, **{**_B128, "knots": 256}),
+    "grid-1layer-k256": _grid(**{**_B128, "knots": 256}),
+    "grid-1layer-k64": _grid(**{**_B128, "knots": 64}),
+    "grid-1layer-lr3e-3": _grid(**_B128, lr=3e-3),
+    "grid-1layer-b1024": _grid(**{**_B128, "batch_size": 1024}),
+    "grid-1layer-bins256": _grid(**{**_B128, "bins": 256}),
+    "grid-1layer-b2048": _grid(**{**_B128, "batch_size": 2048}),
+    "grid-1layer-b1024-compiled": _grid(**{**_B128, "batch_size": 1024}, compile=True),
+    "grid-1layer-b1024-bins64": _grid(knots=128),
+    "grid-1layer-b1024-bins32": _grid(bins=32, knots=128),
+    "grid-1layer-b1024-bins64-k192": _grid(knots=192),
+    "grid-1layer-b1024-bins64-6steps": _grid(knots=128, steps=6),
+    "grid-1layer-b1024-bins64-latent": _grid(knots=128, read_at="latent"),
+    "grid-1layer-b1024-bins64-k256": _grid(),  # jko-grid's recipe
+    "grid-1layer-b1024-bins64-k384": _grid(knots=384),
+    "grid-1layer-b1024-bins64-k512": _grid(knots=512),
+    "grid-1layer-b1024-bins64-k256-latent": _grid(read_at="latent"),
+    "grid-bins64": _grid(layers=2, **{**_B128, "bins": 64}),
 }
 BUDGETS = {
     "moons": 60.0,
