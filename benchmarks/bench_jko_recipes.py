@@ -123,6 +123,12 @@ on 0, then 1) unless the name says otherwise):
   grid-1layer-b1024-bins64-k192, -k256, -k384, -k512   the same with 192 / 256 (`jko-grid`) / 384 /
             512 rows
   grid-1layer-b1024-bins64-6steps   6 steps (shares 3, 1, 1, 1, 1, 1)
+  From here on the `jko-grid` recipe (1 layer, batches of 1,024, 64 bins, 256 rows) but:
+  grid-given1, grid-given1-first, grid-rest-given1   every step / step 1 only / steps 2-4 only
+            condition coordinate 0 on 1
+  grid-h2, grid-h8          step sizes from h0 = 2 / 8 (growth 1.4; default h0 = 0.5)
+  grid-tail4                steps 2-4 on [-4, 4] (default [-5, 5])
+  grid-bins96, grid-k384, grid-k512   96 bins / 384 / 512 rows
 
 Generated sets train on their `train_size` points (20,000; rose and tree 500,000, JKO-iFlow's own
 training set); the rose and tree rows measured before that default used 20,000 (`--num-train 20000`).
@@ -424,14 +430,19 @@ COUPLING_VARIANTS = {
     ),
 }
 #: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
-def _grid(*, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, **trainer):
+def _grid(
+    *, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, given=0, first_given=None,
+    tail_bound=5.0, h0=None, **trainer,
+):
     """A grid variant: 4 steps (or ``steps``), step 1 with 3 shares and on [-3, 3], checks."""
+    first = dict(tail_bound=3.0) | ({} if first_given is None else dict(given=first_given))
     return dict(
         num_blocks=steps,
-        first=dict(tail_bound=3.0),
+        first=first,
         weights=(3,) + (1,) * (steps - 1),
         passes=1,
-        flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at),
+        flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at, given=given, tail_bound=tail_bound),
+        **({} if h0 is None else dict(schedule=dict(h0=h0))),
         trainer=dict(step_checks=10, lr=lr, batch_size=batch_size, **trainer),
     )
 
@@ -459,6 +470,15 @@ GRID_VARIANTS = {
     "grid-1layer-b1024-bins64-k384": _grid(knots=384),
     "grid-1layer-b1024-bins64-k512": _grid(knots=512),
     "grid-1layer-b1024-bins64-k256-latent": _grid(read_at="latent"),
+    "grid-given1": _grid(given=1),  # every step conditions coordinate 0 on 1
+    "grid-given1-first": _grid(first_given=1),  # step 1 conditions 0 on 1, the others 1 on 0
+    "grid-rest-given1": _grid(given=1, first_given=0),  # step 1 conditions 1 on 0, the others 0 on 1
+    "grid-bins96": _grid(bins=96),
+    "grid-k384": _grid(knots=384),  # as grid-1layer-b1024-bins64-k384, with the faster layer (below)
+    "grid-k512": _grid(knots=512),
+    "grid-h2": _grid(h0=2.0),  # step sizes 2, 2.8, 3.9, 5.5
+    "grid-h8": _grid(h0=8.0),
+    "grid-tail4": _grid(tail_bound=4.0),  # steps 2-4 on [-4, 4]
     "grid-bins64": _grid(layers=2, **{**_B128, "bins": 64}),
 }
 BUDGETS = {
@@ -539,7 +559,7 @@ def run(dataset: str, variant: str, seed: int, budget: float, num_train: int | N
     start = time.perf_counter()
     trainer = JKOTrainer(
         flow,
-        StepSchedule.geometric(num_blocks),
+        StepSchedule.geometric(num_blocks, **spec.get("schedule", {})),
         seed=seed,
         progress=False,
         **{"batch_size": 512, "lr": 3e-3, **spec["trainer"]},

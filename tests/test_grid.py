@@ -37,6 +37,9 @@ def test_round_trip_and_log_det_against_the_jacobian(given, read_at):
     torch.testing.assert_close(
         layer.forward(z)[1][:12], jacobian_logdet(lambda u: layer.forward(u)[0], z[:12]), rtol=0, atol=1e-9
     )
+    # the whole Jacobian, the table read's dependence on the given coordinate included
+    for direction, points in ((layer.inverse, x[:6]), (layer.forward, z[:6])):
+        assert torch.autograd.gradcheck(lambda u, f=direction: f(u)[0], (points.clone().requires_grad_(),))
 
 
 def test_given_coordinate_goes_through_its_own_spline_and_the_other_reads_the_table():
@@ -62,13 +65,13 @@ def test_given_coordinate_goes_through_its_own_spline_and_the_other_reads_the_ta
 
 def test_a_grid_step_saves_and_reloads_as_the_same_map():
     torch.manual_seed(2)
-    step = make_grid_step(2, layers=2, bins=8, knots=6, tail_bound=3.0)
+    step = make_grid_step(2, layers=2, given=1, bins=8, knots=6, tail_bound=3.0)
     perturb(step, scale=2.0)
     rebuilt = JKOStep.from_config(step.config())
     rebuilt.load_state_dict(step.state_dict())
     x = moons(50)
     torch.testing.assert_close(rebuilt.inverse(x)[0], step.inverse(x)[0])
-    assert [describe_layer(f)["kwargs"]["given"] for f in step.flows] == [0, 1]
+    assert [describe_layer(f)["kwargs"]["given"] for f in step.flows] == [1, 0]
     layer = GridRQSpline(given=1, num_bins=4, knots=3, tail_bound=2.5)  # described from its attributes
     assert describe_layer(layer) == {
         "class": "GridRQSpline",
@@ -107,6 +110,8 @@ def test_bad_settings_are_refused_in_one_line():
         GridRQSpline(knots=1)
     with pytest.raises(ValueError, match="read_at must be one of \\['data', 'latent'\\], got 'x'"):
         GridRQSpline(read_at="x")
+    with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got -1"):
+        make_grid_step(2, given=-1)
 
 
 def test_train_and_sample_a_grid_flow_from_the_command_line(tmp_path, capsys):

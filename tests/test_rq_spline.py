@@ -38,6 +38,21 @@ def test_spline_equals_normflows_in_value_and_gradient(bins: int, inverse: bool)
     assert torch.equal(results[1][0][outside], x[outside]) and (results[1][1][outside] == 0).all()
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_one_shared_spline_equals_the_same_spline_repeated_per_input(inverse: bool) -> None:
+    x = 2.5 * torch.randn(300, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    results = []
+    for shared in (True, False):
+        xi = x.clone().requires_grad_()
+        params = [p[0, 0].detach().clone().requires_grad_() for p in _params(1, 1, 16)]
+        per_input = [p if shared else p.expand(300, -1) for p in params]
+        out, log_deriv = rational_quadratic_spline(xi, *per_input, inverse=inverse, tail_bound=2.0)
+        (out.sin().sum() + log_deriv.cos().sum()).backward()
+        results.append([out, log_deriv, xi.grad, *(p.grad for p in params)])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def test_spline_inverse_undoes_forward_and_checks_bins() -> None:
     x = 2.0 * torch.randn(300, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     params = [p.detach() for p in _params(300, 3, 16)]

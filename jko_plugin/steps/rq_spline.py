@@ -45,7 +45,8 @@ def rational_quadratic_spline(
     """``normflows.utils.splines.unconstrained_rational_quadratic_spline`` with ``tails="linear"``
     and a scalar ``tail_bound``: elementwise outputs and log-derivatives, the identity (and 0)
     outside ``[-tail_bound, tail_bound]``. Shapes as there: ``inputs (..., )``, widths and heights
-    ``(..., K)``, derivatives ``(..., K - 1)``.
+    ``(..., K)``, derivatives ``(..., K - 1)``; or, one spline for all inputs, ``(K,)`` and
+    ``(K - 1,)``.
 
     >>> x, w, h = torch.randn(6, 2).double(), torch.randn(6, 2, 8).double(), torch.randn(6, 2, 8).double()
     >>> d = torch.randn(6, 2, 7).double()
@@ -55,6 +56,7 @@ def rational_quadratic_spline(
     True
     """
     bins = unnormalized_widths.shape[-1]
+    shared = unnormalized_widths.dim() == 1  # one spline for every input: its knots computed once
     if min_bin_width * bins > 1.0 or min_bin_height * bins > 1.0:
         raise ValueError("Minimal bin width or height too large for the number of bins")
     bound = float(tail_bound)
@@ -65,11 +67,17 @@ def rational_quadratic_spline(
     # the edge derivatives are 1, so that the spline joins its linear tails smoothly
     deriv = F.pad(min_derivative + F.softplus(unnormalized_derivatives), (1, 1), value=1.0)
     located = (cum_h if inverse else cum_w).detach()
-    left = torch.searchsorted(located, x.detach()[..., None], right=True).sub_(1).clamp_(0, bins - 1)
+    if shared:
+        left = torch.searchsorted(located, x.detach(), right=True).sub_(1).clamp_(0, bins - 1)
+    else:
+        left = torch.searchsorted(located, x.detach()[..., None], right=True).sub_(1).clamp_(0, bins - 1)
     right = left + 1
-    x0, x1 = cum_w.gather(-1, left)[..., 0], cum_w.gather(-1, right)[..., 0]
-    y0, y1 = cum_h.gather(-1, left)[..., 0], cum_h.gather(-1, right)[..., 0]
-    d0, d1 = deriv.gather(-1, left)[..., 0], deriv.gather(-1, right)[..., 0]
+
+    def pick(knots: Tensor, at: Tensor) -> Tensor:
+        return knots[at] if shared else knots.gather(-1, at)[..., 0]
+
+    x0, x1, y0, y1 = pick(cum_w, left), pick(cum_w, right), pick(cum_h, left), pick(cum_h, right)
+    d0, d1 = pick(deriv, left), pick(deriv, right)
     width, height = x1 - x0, y1 - y0
     slope = height / width
     curve = d0 + d1 - 2 * slope
