@@ -129,6 +129,8 @@ on 0, then 1) unless the name says otherwise):
   grid-h2, grid-h8          step sizes from h0 = 2 / 8 (growth 1.4; default h0 = 0.5)
   grid-tail4                steps 2-4 on [-4, 4] (default [-5, 5])
   grid-bins96, grid-k384, grid-k512   96 bins / 384 / 512 rows
+  grid-k512-smooth1e-3, -1e-4, -1e-5, grid-k256-smooth1e-3   512 / 256 rows with the smoothness
+            prior s * sum |row_{r+1} - row_r|^2 on the table (`GridRQSpline(smoothness=s)`)
 
 Generated sets train on their `train_size` points (20,000; rose and tree 500,000, JKO-iFlow's own
 training set); the rose and tree rows measured before that default used 20,000 (`--num-train 20000`).
@@ -432,7 +434,7 @@ COUPLING_VARIANTS = {
 #: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
 def _grid(
     *, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, given=0, first_given=None,
-    tail_bound=5.0, h0=None, **trainer,
+    tail_bound=5.0, h0=None, smoothness=0.0, **trainer,
 ):
     """A grid variant: 4 steps (or ``steps``), step 1 with 3 shares and on [-3, 3], checks."""
     first = dict(tail_bound=3.0) | ({} if first_given is None else dict(given=first_given))
@@ -441,7 +443,8 @@ def _grid(
         first=first,
         weights=(3,) + (1,) * (steps - 1),
         passes=1,
-        flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at, given=given, tail_bound=tail_bound),
+        flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at, given=given, tail_bound=tail_bound,
+            smoothness=smoothness),
         **({} if h0 is None else dict(schedule=dict(h0=h0))),
         trainer=dict(step_checks=10, lr=lr, batch_size=batch_size, **trainer),
     )
@@ -476,6 +479,10 @@ GRID_VARIANTS = {
     "grid-bins96": _grid(bins=96),
     "grid-k384": _grid(knots=384),  # as grid-1layer-b1024-bins64-k384, with the faster layer (below)
     "grid-k512": _grid(knots=512),
+    "grid-k512-smooth1e-3": _grid(knots=512, smoothness=1e-3),  # the prior on neighbouring rows
+    "grid-k512-smooth1e-4": _grid(knots=512, smoothness=1e-4),
+    "grid-k512-smooth1e-5": _grid(knots=512, smoothness=1e-5),
+    "grid-k256-smooth1e-3": _grid(smoothness=1e-3),
     "grid-h2": _grid(h0=2.0),  # step sizes 2, 2.8, 3.9, 5.5
     "grid-h8": _grid(h0=8.0),
     "grid-tail4": _grid(tail_bound=4.0),  # steps 2-4 on [-4, 4]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from normflows.utils import splines
 
-from jko_plugin import JKOStep, make_flow
+from jko_plugin import JKOStep, JKOTrainer, make_flow
 from jko_plugin.steps.grid import GridRQSpline, make_grid_step
 from jko_plugin.steps.layers import build_layer, describe_layer
 
@@ -75,9 +75,36 @@ def test_a_grid_step_saves_and_reloads_as_the_same_map():
     layer = GridRQSpline(given=1, num_bins=4, knots=3, tail_bound=2.5)  # described from its attributes
     assert describe_layer(layer) == {
         "class": "GridRQSpline",
-        "kwargs": {"given": 1, "num_bins": 4, "knots": 3, "tail_bound": 2.5, "read_at": "data"},
+        "kwargs": {
+            "given": 1,
+            "num_bins": 4,
+            "knots": 3,
+            "tail_bound": 2.5,
+            "read_at": "data",
+            "smoothness": 0.0,
+        },
     }
     assert isinstance(build_layer(describe_layer(layer)), GridRQSpline)
+
+
+def test_the_smoothness_prior_is_the_sum_of_squared_row_differences_and_training_adds_it():
+    torch.manual_seed(4)
+    step = make_grid_step(2, layers=2, bins=4, knots=6, smoothness=0.5)
+    perturb(step, scale=2.0)
+    tables = [layer.table for layer in step.flows]
+    expected = sum(0.5 * (t[1:] - t[:-1]).square().sum() for t in tables)
+    torch.testing.assert_close(step.penalty(), expected)
+    assert make_grid_step(2).penalty() is None  # no prior by default: the loss is the proximal one
+    # Training with a strong prior smooths a rough table; without it the rows stay apart.
+    rough = []
+    for smoothness in (0.0, 10.0):
+        flow = make_flow(2, 1, block="grid", bins=4, knots=16, smoothness=smoothness)
+        torch.manual_seed(5)
+        perturb(flow, scale=2.0)
+        JKOTrainer(flow, [0.5], iterations=60, batch_size=128, lr=0.1, progress=False).fit(moons(512))
+        table = flow.flows[0].flows[0].table.detach()
+        rough.append(float((table[1:] - table[:-1]).square().sum()))
+    assert rough[1] < 0.01 * rough[0]
 
 
 def test_a_grid_flow_trains_and_samples_in_two_dimensions():
@@ -110,6 +137,8 @@ def test_bad_settings_are_refused_in_one_line():
         GridRQSpline(knots=1)
     with pytest.raises(ValueError, match="read_at must be one of \\['data', 'latent'\\], got 'x'"):
         GridRQSpline(read_at="x")
+    with pytest.raises(ValueError, match="smoothness must be >= 0, got -1.0"):
+        GridRQSpline(smoothness=-1.0)
     with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got -1"):
         make_grid_step(2, given=-1)
 

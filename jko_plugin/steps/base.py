@@ -46,6 +46,7 @@ class ProximalStep(Flow):
     - ``inverse(x)`` (data -> latent) and ``forward(z)`` as every normflows ``Flow``;
     - ``transport(x)``: the data -> latent pass with the per-sample terms of the JKO loss;
     - ``inversion_error(x)``: how far ``forward(inverse(x))`` lands from ``x``;
+    - ``penalty()``: an optional prior on the step's weights, added to its training loss only;
     - ``set_interval(t0, t1)`` / ``time_interval``: where ``StepSchedule.place`` put the step on
       the flow's time axis, and ``velocity_at(x, t)``: the velocity a sampler integrates there;
     - ``config()``: a JSON description that ``from_config`` rebuilds the step from (fresh weights);
@@ -134,6 +135,11 @@ class ProximalStep(Flow):
     def from_config(cls, config: dict) -> ProximalStep:
         """A fresh step (new weights) from ``config()``'s output."""
         return cls(**config)
+
+    def penalty(self) -> Tensor | None:
+        """A prior on the step's own weights that its training adds to the proximal loss (never
+        to its checks or scores), or ``None``: the base step has none."""
+        return None
 
     @property
     def duration(self) -> float:

@@ -47,6 +47,9 @@ class GridRQSpline(Flow):
         tail_bound: The splines' interval ``[-B, B]``, also the table's.
         read_at: Where the table is read: ``"data"``, at the given coordinate's input value, or
             ``"latent"``, at its value after its own spline (rows spread by probability mass).
+        smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
+            that training adds to the step's loss (0: none), so that neighbouring rows share
+            their points. On tree it tied at best (BENCHMARKS.md s.4.0), so it is off by default.
 
     Example:
         >>> layer = GridRQSpline(given=0, num_bins=8, knots=16)
@@ -62,6 +65,7 @@ class GridRQSpline(Flow):
         knots: int = 256,
         tail_bound: float = 5.0,
         read_at: str = "data",
+        smoothness: float = 0.0,
     ) -> None:
         super().__init__()
         self.read_at = choice("read_at", read_at, ("data", "latent"))
@@ -77,6 +81,9 @@ class GridRQSpline(Flow):
         table[:, 2 * self.num_bins :] = _identity_derivative_logit()
         self.marginal = nn.Parameter(marginal)
         self.table = nn.Parameter(table)
+        self.smoothness = float(smoothness)
+        if not self.smoothness >= 0:
+            raise ValueError(f"smoothness must be >= 0, got {smoothness!r}")
 
     def _conditioner(self, x_given: Tensor) -> Tensor:
         bound = self.tail_bound
@@ -87,6 +94,12 @@ class GridRQSpline(Flow):
         # that adds into the rows (indexing's backward, index_put, took 2.5x as long on 2 cores).
         rows, weights = torch.stack((low, low + 1), dim=1), torch.stack((1 - t, t), dim=1)
         return F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum")
+
+    def penalty(self) -> Tensor | None:
+        """``smoothness * sum_r |row_{r+1} - row_r|^2`` over the table, or ``None`` without one."""
+        if not self.smoothness:
+            return None
+        return self.smoothness * (self.table[1:] - self.table[:-1]).square().sum()
 
     def _spline(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         k = self.num_bins
@@ -124,6 +137,7 @@ def make_grid_step(
     knots: int = 256,
     tail_bound: float = 5.0,
     read_at: str = "data",
+    smoothness: float = 0.0,
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -160,6 +174,7 @@ def make_grid_step(
                 "knots": knots,
                 "tail_bound": tail_bound,
                 "read_at": read_at,
+                "smoothness": smoothness,
             },
         }
         for i in range(layers)

@@ -189,6 +189,7 @@ LAYER_TYPES: dict[str, LayerType] = {
             "knots": layer.knots,
             "tail_bound": layer.tail_bound,
             "read_at": layer.read_at,
+            "smoothness": layer.smoothness,
         },
         GridRQSpline,
         _one_pass,  # a table read, not a network: counted as one pass to stay conservative

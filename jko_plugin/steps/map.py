@@ -101,6 +101,11 @@ class JKOStep(ProximalStep):
             **context,
         )
 
+    def penalty(self) -> Tensor | None:
+        """The sum of the layers' ``penalty()`` (layers that define one, e.g. ``GridRQSpline``)."""
+        terms = [t for f in self.flows if (t := getattr(f, "penalty", lambda: None)()) is not None]
+        return sum(terms) if terms else None
+
     @property
     def nfe(self) -> int:
         """Network evaluations per sample of ``forward``: the sum over the layers."""

@@ -169,6 +169,8 @@ class StepFitter:
                 pos += batch_size
                 terms = self.terms(step, ddp, batch, h, None if context is None else context[rows])
                 loss = _total(terms)
+                if (prior := step.penalty()) is not None:  # trained on, never scored
+                    loss = loss + prior
                 # Decided over all ranks before any backward, so that every rank stops at the same iteration.
                 if not ctx.all_true(bool(torch.isfinite(loss))):
                     raise TrainingDiverged(
