@@ -25,7 +25,7 @@ from jko_plugin.training.step_fit import _transport_terms
 
 
 class PlainGridRQSpline(GridRQSpline):
-    """The same layer evaluated the plain way (the evaluation before commit "grid: one bag")."""
+    """The same layer evaluated the plain way (the evaluation before commit c9ebd07)."""
 
     def _conditioner(self, x_given: Tensor) -> Tensor:
         bound = self.tail_bound
