@@ -56,6 +56,8 @@ class GridRQSpline(Flow):
         >>> x = torch.randn(5, 2)
         >>> bool(torch.allclose(layer.inverse(x)[0], x, atol=1e-6))
         True
+        >>> float(GridRQSpline(num_bins=8, knots=16, smoothness=0.1).penalty())  # equal rows at init
+        0.0
     """
 
     def __init__(
