@@ -49,7 +49,8 @@ class GridRQSpline(Flow):
             ``"latent"``, at its value after its own spline (rows spread by probability mass).
         smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
             that training adds to the step's loss (0: none), so that neighbouring rows share
-            their points. On tree it tied at best (BENCHMARKS.md s.4.0), so it is off by default.
+            their points. On tree, 512 rows with ``s = 1e-5`` were never worse than 256 without
+            (3 seeds, BENCHMARKS.md s.4.0); off by default until compare's rows confirm it.
 
     Example:
         >>> layer = GridRQSpline(given=0, num_bins=8, knots=16)
