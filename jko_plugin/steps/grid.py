@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["GridRQSpline", "make_grid_step"]
 
 
+def _coordinate(given: object) -> int:
+    if given not in (0, 1):
+        raise ValueError(f"given must be coordinate 0 or 1, got {given!r}")
+    return int(given)
+
+
 def _identity_derivative_logit() -> float:
     # softplus(logit) + min_derivative = 1: the knots' slopes of the identity spline
     return math.log(math.expm1(1.0 - splines.DEFAULT_MIN_DERIVATIVE))
@@ -72,9 +78,7 @@ class GridRQSpline(Flow):
     ) -> None:
         super().__init__()
         self.read_at = choice("read_at", read_at, ("data", "latent"))
-        if given not in (0, 1):
-            raise ValueError(f"given must be coordinate 0 or 1, got {given!r}")
-        self.given = int(given)
+        self.given = _coordinate(given)
         self.num_bins = positive_int("num_bins", num_bins)
         self.knots = positive_int("knots", knots, minimum=2)
         self.tail_bound = float(positive("tail_bound", tail_bound))
@@ -165,8 +169,7 @@ def make_grid_step(
             "grid steps take no context: use block='spline' or 'coupling' for a conditional flow"
         )
     positive_int("layers", layers)
-    if given not in (0, 1):
-        raise ValueError(f"given must be coordinate 0 or 1, got {given!r}")
+    given = _coordinate(given)  # the layers' (given + i) % 2 would hide a bad value
     bins = 64 if bins is None else positive_int("bins", bins)
     specs = [
         {

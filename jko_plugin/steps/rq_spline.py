@@ -67,10 +67,8 @@ def rational_quadratic_spline(
     # the edge derivatives are 1, so that the spline joins its linear tails smoothly
     deriv = F.pad(min_derivative + F.softplus(unnormalized_derivatives), (1, 1), value=1.0)
     located = (cum_h if inverse else cum_w).detach()
-    if shared:
-        left = torch.searchsorted(located, x.detach(), right=True).sub_(1).clamp_(0, bins - 1)
-    else:
-        left = torch.searchsorted(located, x.detach()[..., None], right=True).sub_(1).clamp_(0, bins - 1)
+    query = x.detach() if shared else x.detach()[..., None]
+    left = torch.searchsorted(located, query, right=True).sub_(1).clamp_(0, bins - 1)
     right = left + 1
 
     def pick(knots: Tensor, at: Tensor) -> Tensor:
