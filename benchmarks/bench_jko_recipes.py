@@ -469,7 +469,7 @@ GRID_VARIANTS = {
     "grid-1layer-b1024-bins64-k192": _grid(knots=192),
     "grid-1layer-b1024-bins64-6steps": _grid(knots=128, steps=6),
     "grid-1layer-b1024-bins64-latent": _grid(knots=128, read_at="latent"),
-    "grid-1layer-b1024-bins64-k256": _grid(),  # jko-grid's recipe
+    "grid-1layer-b1024-bins64-k256": _grid(),  # jko-grid's recipe until k512 with the prior won
     "grid-1layer-b1024-bins64-k384": _grid(knots=384),
     "grid-1layer-b1024-bins64-k512": _grid(knots=512),
     "grid-1layer-b1024-bins64-k256-latent": _grid(read_at="latent"),
@@ -481,7 +481,12 @@ GRID_VARIANTS = {
     "grid-k512": _grid(knots=512),
     "grid-k512-smooth1e-3": _grid(knots=512, smoothness=1e-3),  # the prior on neighbouring rows
     "grid-k512-smooth1e-4": _grid(knots=512, smoothness=1e-4),
-    "grid-k512-smooth1e-5": _grid(knots=512, smoothness=1e-5),
+    "grid-k512-smooth1e-5": _grid(knots=512, smoothness=1e-5),  # jko-grid's recipe
+    "grid-k512-smooth3e-5": _grid(knots=512, smoothness=3e-5),
+    "grid-k768-smooth1e-4": _grid(knots=768, smoothness=1e-4),
+    "grid-k512-smooth1e-5-ema": _grid(knots=512, smoothness=1e-5, ema=0.999),  # the checks score the average
+    "grid-k512-smooth1e-5-5steps": _grid(knots=512, smoothness=1e-5, steps=5),
+    "grid-k512-smooth1e-5-b2048": _grid(knots=512, smoothness=1e-5, batch_size=2048),
     "grid-k256-smooth1e-3": _grid(smoothness=1e-3),
     "grid-h2": _grid(h0=2.0),  # step sizes 2, 2.8, 3.9, 5.5
     "grid-h8": _grid(h0=8.0),

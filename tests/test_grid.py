@@ -94,7 +94,10 @@ def test_the_smoothness_prior_is_the_sum_of_squared_row_differences_and_training
     tables = [layer.table for layer in step.flows]
     expected = sum(0.5 * (t[1:] - t[:-1]).square().sum() for t in tables)
     torch.testing.assert_close(step.penalty(), expected)
-    assert make_grid_step(2).penalty() is None  # no prior by default: the loss is the proximal one
+    # The layer has no prior by default (its loss is the proximal one); the step recipe has a light one.
+    assert GridRQSpline().penalty() is None and make_grid_step(2, smoothness=0.0).penalty() is None
+    default = make_grid_step(2).flows[0]
+    assert (default.knots, default.smoothness) == (512, 1e-5)
     # Training with a strong prior smooths a rough table; without it the rows stay apart.
     rough = []
     for smoothness in (0.0, 10.0):

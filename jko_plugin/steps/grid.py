@@ -141,10 +141,10 @@ def make_grid_step(
     layers: int = 1,
     given: int = 0,
     bins: int | None = None,
-    knots: int = 256,
+    knots: int = 512,
     tail_bound: float = 5.0,
     read_at: str = "data",
-    smoothness: float = 0.0,
+    smoothness: float = 1e-5,
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -153,6 +153,8 @@ def make_grid_step(
     coordinates ``given``, then the other, in turn (``bins``: 64 when ``None``). Unconditional only.
     One layer per step by default: with two, the second layer's table is read at a coordinate the
     first one moves while both train, and on tree it lost 1.0 nats (BENCHMARKS.md s.4.0).
+    512 rows with a light smoothness prior (1e-5) by default: on tree they generalised better
+    than 256 rows without one on all 3 seeds (BENCHMARKS.md s.4.0).
 
     >>> step = make_grid_step(2, layers=2, bins=16, knots=32)
     >>> step.kind, step.nfe, len(step.flows)
