@@ -434,7 +434,7 @@ COUPLING_VARIANTS = {
 #: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
 def _grid(
     *, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, given=0, first_given=None,
-    tail_bound=5.0, h0=None, smoothness=0.0, **trainer,
+    tail_bound=5.0, h0=None, smoothness=0.0, marginal_bins=None, **trainer,
 ):
     """A grid variant: 4 steps (or ``steps``), step 1 with 3 shares and on [-3, 3], checks."""
     first = dict(tail_bound=3.0) | ({} if first_given is None else dict(given=first_given))
@@ -444,7 +444,7 @@ def _grid(
         weights=(3,) + (1,) * (steps - 1),
         passes=1,
         flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at, given=given, tail_bound=tail_bound,
-            smoothness=smoothness),
+            smoothness=smoothness, marginal_bins=marginal_bins),
         **({} if h0 is None else dict(schedule=dict(h0=h0))),
         trainer=dict(step_checks=10, lr=lr, batch_size=batch_size, **trainer),
     )
@@ -487,6 +487,8 @@ GRID_VARIANTS = {
     "grid-k512-smooth1e-5-ema": _grid(knots=512, smoothness=1e-5, ema=0.999),  # the checks score the average
     "grid-k512-smooth1e-5-5steps": _grid(knots=512, smoothness=1e-5, steps=5),
     "grid-k512-smooth1e-5-b2048": _grid(knots=512, smoothness=1e-5, batch_size=2048),
+    "grid-k512-smooth1e-5-mb256": _grid(knots=512, smoothness=1e-5, marginal_bins=256),  # finer own spline
+    "grid-k512-smooth1e-5-mb512": _grid(knots=512, smoothness=1e-5, marginal_bins=512),
     "grid-k256-smooth1e-3": _grid(smoothness=1e-3),
     "grid-h2": _grid(h0=2.0),  # step sizes 2, 2.8, 3.9, 5.5
     "grid-h8": _grid(h0=8.0),
@@ -642,6 +644,9 @@ def main() -> None:
                 row = run(dataset, variant, seed, args.budget or BUDGETS[dataset], args.num_train)
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in LOG_KEYS}), flush=True)
+                # every finished row kept, should a later variant fail
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))
     print(
         f"\n{'dataset':>8} {'variant':>8} {'val NLL':>8} {'test NLL':>8} {'true':>7} {'W2':>7} {'train s':>7}   (medians over seeds {args.seeds})"
     )

@@ -22,10 +22,14 @@ def test_identity_at_initialisation(given):
         torch.testing.assert_close(log_det, torch.zeros(200), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize(("given", "read_at"), [(0, "data"), (1, "data"), (0, "latent")])
-def test_round_trip_and_log_det_against_the_jacobian(given, read_at):
+@pytest.mark.parametrize(
+    ("given", "read_at", "marginal_bins"), [(0, "data", None), (1, "data", 13), (0, "latent", 3)]
+)
+def test_round_trip_and_log_det_against_the_jacobian(given, read_at, marginal_bins):
     torch.manual_seed(0)
-    layer = GridRQSpline(given=given, num_bins=8, knots=5, tail_bound=2.0, read_at=read_at).double()
+    layer = GridRQSpline(
+        given=given, num_bins=8, knots=5, tail_bound=2.0, read_at=read_at, marginal_bins=marginal_bins
+    ).double()
     perturb(layer, scale=3.0)
     x = torch.randn(64, 2, dtype=torch.float64) * 1.5
     check_flow(layer, x, atol=1e-9)
@@ -44,16 +48,17 @@ def test_round_trip_and_log_det_against_the_jacobian(given, read_at):
 
 def test_given_coordinate_goes_through_its_own_spline_and_the_other_reads_the_table():
     torch.manual_seed(1)
-    layer = GridRQSpline(given=1, num_bins=6, knots=4, tail_bound=2.0).double()
+    layer = GridRQSpline(given=1, num_bins=6, knots=4, tail_bound=2.0, marginal_bins=10).double()
     perturb(layer, scale=2.0)
     x = torch.randn(10, 2, dtype=torch.float64)
     z, _ = layer.inverse(x)
-    k = layer.num_bins
-    m = layer.marginal.expand(10, -1)
+    assert layer.marginal.shape == (3 * 10 - 1,) and layer.table.shape == (4, 3 * 6 - 1)
+    m, j = layer.marginal.expand(10, -1), 10  # the given coordinate's spline has its own bins
     ref, _ = splines.unconstrained_rational_quadratic_spline(
-        x[:, 1], m[:, :k], m[:, k : 2 * k], m[:, 2 * k :], tail_bound=2.0
+        x[:, 1], m[:, :j], m[:, j : 2 * j], m[:, 2 * j :], tail_bound=2.0
     )
     torch.testing.assert_close(z[:, 1], ref)
+    k = layer.num_bins
     # the other coordinate at a knot of the given one uses exactly that row of the table
     at_knot = torch.tensor([[0.3, -2.0], [0.3, 2.0 / 3]], dtype=torch.float64)  # knots at -2, -2/3, 2/3, 2
     rows = layer.table[[0, 2]]
@@ -82,9 +87,13 @@ def test_a_grid_step_saves_and_reloads_as_the_same_map():
             "tail_bound": 2.5,
             "read_at": "data",
             "smoothness": 0.0,
+            "marginal_bins": 4,
         },
     }
     assert isinstance(build_layer(describe_layer(layer)), GridRQSpline)
+    # a layer saved before marginal_bins existed rebuilds with the table's bins
+    old = {k: v for k, v in describe_layer(layer)["kwargs"].items() if k != "marginal_bins"}
+    assert build_layer({"class": "GridRQSpline", "kwargs": old}).marginal_bins == 4
 
 
 def test_the_smoothness_prior_is_the_sum_of_squared_row_differences_and_training_adds_it():
@@ -97,7 +106,7 @@ def test_the_smoothness_prior_is_the_sum_of_squared_row_differences_and_training
     # The layer has no prior by default (its loss is the proximal one); the step recipe has a light one.
     assert GridRQSpline().penalty() is None and make_grid_step(2, smoothness=0.0).penalty() is None
     default = make_grid_step(2).flows[0]
-    assert (default.knots, default.smoothness) == (512, 1e-5)
+    assert (default.knots, default.smoothness, default.marginal_bins) == (512, 1e-5, 64)
     # Training with a strong prior smooths a rough table; without it the rows stay apart.
     rough = []
     for smoothness in (0.0, 10.0):
@@ -142,6 +151,10 @@ def test_bad_settings_are_refused_in_one_line():
         GridRQSpline(read_at="x")
     with pytest.raises(ValueError, match="smoothness must be >= 0, got -1.0"):
         GridRQSpline(smoothness=-1.0)
+    with pytest.raises(ValueError, match="marginal_bins must be a positive integer, got 0"):
+        GridRQSpline(marginal_bins=0)
+    with pytest.raises(ValueError, match="marginal_bins must be at most 999"):
+        GridRQSpline(marginal_bins=1024)
     with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got -1"):
         make_grid_step(2, given=-1)
 

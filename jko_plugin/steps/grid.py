@@ -48,15 +48,17 @@ class GridRQSpline(Flow):
 
     Args:
         given: The coordinate (0 or 1) that the other is conditioned on.
-        num_bins: Bins per spline.
+        num_bins: Bins per spline of the table.
         knots: Rows of the table (at least 2).
         tail_bound: The splines' interval ``[-B, B]``, also the table's.
         read_at: Where the table is read: ``"data"``, at the given coordinate's input value, or
             ``"latent"``, at its value after its own spline (rows spread by probability mass).
         smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
             that training adds to the step's loss (0: none), so that neighbouring rows share
-            their points. On tree, 512 rows with ``s = 1e-5`` were never worse than 256 without
-            (3 seeds, BENCHMARKS.md s.4.0); off by default until compare's rows confirm it.
+            their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 1e-5``, which
+            beat 256 rows without it on tree on every seed (BENCHMARKS.md s.4.0).
+        marginal_bins: Bins of the given coordinate's own spline (``num_bins`` when ``None``):
+            one spline shared by every point, so more bins there cost little.
 
     Example:
         >>> layer = GridRQSpline(given=0, num_bins=8, knots=16)
@@ -75,6 +77,7 @@ class GridRQSpline(Flow):
         tail_bound: float = 5.0,
         read_at: str = "data",
         smoothness: float = 0.0,
+        marginal_bins: int | None = None,
     ) -> None:
         super().__init__()
         self.read_at = choice("read_at", read_at, ("data", "latent"))
@@ -82,9 +85,16 @@ class GridRQSpline(Flow):
         self.num_bins = positive_int("num_bins", num_bins)
         self.knots = positive_int("knots", knots, minimum=2)
         self.tail_bound = float(positive("tail_bound", tail_bound))
-        width = 3 * self.num_bins - 1
-        marginal, table = torch.zeros(width), torch.zeros(self.knots, width)
-        marginal[2 * self.num_bins :] = _identity_derivative_logit()
+        self.marginal_bins = (
+            self.num_bins if marginal_bins is None else positive_int("marginal_bins", marginal_bins)
+        )
+        most = round(1 / splines.DEFAULT_MIN_BIN_WIDTH) - 1  # each bin keeps 1/1000 of the interval
+        for name, bins in (("num_bins", self.num_bins), ("marginal_bins", self.marginal_bins)):
+            if bins > most:
+                raise ValueError(f"{name} must be at most {most} (a minimum bin width), got {bins}")
+        marginal = torch.zeros(3 * self.marginal_bins - 1)
+        table = torch.zeros(self.knots, 3 * self.num_bins - 1)
+        marginal[2 * self.marginal_bins :] = _identity_derivative_logit()
         table[:, 2 * self.num_bins :] = _identity_derivative_logit()
         self.marginal = nn.Parameter(marginal)
         self.table = nn.Parameter(table)
@@ -109,7 +119,7 @@ class GridRQSpline(Flow):
         return self.smoothness * (self.table[1:] - self.table[:-1]).square().sum()
 
     def _spline(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        k = self.num_bins
+        k = (params.shape[-1] + 1) // 3
         return rational_quadratic_spline(
             inputs, params[..., :k], params[..., k : 2 * k], params[..., 2 * k :], inverse=inverse,
             tail_bound=self.tail_bound,
@@ -145,6 +155,7 @@ def make_grid_step(
     tail_bound: float = 5.0,
     read_at: str = "data",
     smoothness: float = 1e-5,
+    marginal_bins: int | None = None,
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -154,7 +165,8 @@ def make_grid_step(
     One layer per step by default: with two, the second layer's table is read at a coordinate the
     first one moves while both train, and on tree it lost 1.0 nats (BENCHMARKS.md s.4.0).
     512 rows with a light smoothness prior (1e-5) by default: on tree they generalised better
-    than 256 rows without one on all 3 seeds (BENCHMARKS.md s.4.0).
+    than 256 rows without one on all 3 seeds (BENCHMARKS.md s.4.0). ``marginal_bins``: bins of
+    the given coordinate's own spline (``bins`` when ``None``; 256 tied on the pictures).
 
     >>> step = make_grid_step(2, layers=2, bins=16, knots=32)
     >>> step.kind, step.nfe, len(step.flows)
@@ -183,6 +195,7 @@ def make_grid_step(
                 "tail_bound": tail_bound,
                 "read_at": read_at,
                 "smoothness": smoothness,
+                "marginal_bins": marginal_bins,
             },
         }
         for i in range(layers)

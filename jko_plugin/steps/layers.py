@@ -190,6 +190,7 @@ LAYER_TYPES: dict[str, LayerType] = {
             "tail_bound": layer.tail_bound,
             "read_at": layer.read_at,
             "smoothness": layer.smoothness,
+            "marginal_bins": layer.marginal_bins,
         },
         GridRQSpline,
         _one_pass,  # a table read, not a network: counted as one pass to stay conservative
