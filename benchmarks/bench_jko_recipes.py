@@ -434,7 +434,7 @@ COUPLING_VARIANTS = {
 #: ``--kind grid``: 2-D spline steps conditioned through a table (``GridRQSpline``) on the pictures.
 def _grid(
     *, layers=1, bins=64, knots=256, lr=1e-2, batch_size=1024, read_at="data", steps=4, given=0, first_given=None,
-    tail_bound=5.0, h0=None, smoothness=0.0, marginal_bins=None, **trainer,
+    tail_bound=5.0, h0=None, smoothness=0.0, marginal_bins=None, smoothness_norm="l2", **trainer,
 ):
     """A grid variant: 4 steps (or ``steps``), step 1 with 3 shares and on [-3, 3], checks."""
     first = dict(tail_bound=3.0) | ({} if first_given is None else dict(given=first_given))
@@ -444,7 +444,7 @@ def _grid(
         weights=(3,) + (1,) * (steps - 1),
         passes=1,
         flow=dict(layers=layers, bins=bins, knots=knots, read_at=read_at, given=given, tail_bound=tail_bound,
-            smoothness=smoothness, marginal_bins=marginal_bins),
+            smoothness=smoothness, marginal_bins=marginal_bins, smoothness_norm=smoothness_norm),
         **({} if h0 is None else dict(schedule=dict(h0=h0))),
         trainer=dict(step_checks=10, lr=lr, batch_size=batch_size, **trainer),
     )
@@ -483,6 +483,14 @@ GRID_VARIANTS = {
     "grid-k512-smooth1e-4": _grid(knots=512, smoothness=1e-4),
     "grid-k512-smooth1e-5": _grid(knots=512, smoothness=1e-5),  # jko-grid's recipe
     "grid-k512-smooth3e-5": _grid(knots=512, smoothness=3e-5),
+    # the tables' total variation as the prior (smoothness_norm="l1")
+    "grid-k512-tv1e-6": _grid(knots=512, smoothness=1e-6, smoothness_norm="l1"),
+    "grid-k512-tv1e-5": _grid(knots=512, smoothness=1e-5, smoothness_norm="l1"),
+    "grid-k512-tv3e-5": _grid(knots=512, smoothness=3e-5, smoothness_norm="l1"),
+    "grid-k1024-tv1e-5": _grid(knots=1024, smoothness=1e-5, smoothness_norm="l1"),
+    "grid-k512-tv1e-5-mb256": _grid(knots=512, smoothness=1e-5, smoothness_norm="l1", marginal_bins=256),
+    "grid-k512-tv5e-6-mb256": _grid(knots=512, smoothness=5e-6, smoothness_norm="l1", marginal_bins=256),
+    "grid-k512-tv2e-5-mb256": _grid(knots=512, smoothness=2e-5, smoothness_norm="l1", marginal_bins=256),
     "grid-k768-smooth1e-4": _grid(knots=768, smoothness=1e-4),
     "grid-k512-smooth1e-5-ema": _grid(knots=512, smoothness=1e-5, ema=0.999),  # the checks score the average
     "grid-k512-smooth1e-5-5steps": _grid(knots=512, smoothness=1e-5, steps=5),

@@ -88,35 +88,44 @@ def test_a_grid_step_saves_and_reloads_as_the_same_map():
             "read_at": "data",
             "smoothness": 0.0,
             "marginal_bins": 4,
+            "smoothness_norm": "l2",
         },
     }
     assert isinstance(build_layer(describe_layer(layer)), GridRQSpline)
-    # a layer saved before marginal_bins existed rebuilds with the table's bins
-    old = {k: v for k, v in describe_layer(layer)["kwargs"].items() if k != "marginal_bins"}
-    assert build_layer({"class": "GridRQSpline", "kwargs": old}).marginal_bins == 4
+    # a layer saved before marginal_bins and smoothness_norm existed rebuilds as it was
+    new = ("marginal_bins", "smoothness_norm")
+    old = {k: v for k, v in describe_layer(layer)["kwargs"].items() if k not in new}
+    rebuilt = build_layer({"class": "GridRQSpline", "kwargs": old})
+    assert (rebuilt.marginal_bins, rebuilt.smoothness_norm) == (4, "l2")
 
 
-def test_the_smoothness_prior_is_the_sum_of_squared_row_differences_and_training_adds_it():
+def test_the_smoothness_prior_is_the_sum_of_row_differences_and_training_adds_it():
     torch.manual_seed(4)
-    step = make_grid_step(2, layers=2, bins=4, knots=6, smoothness=0.5)
+    step = make_grid_step(2, layers=2, bins=4, knots=6, smoothness=0.5, smoothness_norm="l2")
     perturb(step, scale=2.0)
     tables = [layer.table for layer in step.flows]
     expected = sum(0.5 * (t[1:] - t[:-1]).square().sum() for t in tables)
     torch.testing.assert_close(step.penalty(), expected)
+    # "l1": the tables' total variation, saved with the step
+    tv = make_grid_step(2, layers=2, bins=4, knots=6, smoothness=0.5, smoothness_norm="l1")
+    tv.load_state_dict(step.state_dict())
+    torch.testing.assert_close(tv.penalty(), sum(0.5 * (t[1:] - t[:-1]).abs().sum() for t in tables))
+    assert JKOStep.from_config(tv.config()).flows[1].smoothness_norm == "l1"
     # The layer has no prior by default (its loss is the proximal one); the step recipe has a light one.
     assert GridRQSpline().penalty() is None and make_grid_step(2, smoothness=0.0).penalty() is None
     default = make_grid_step(2).flows[0]
-    assert (default.knots, default.smoothness, default.marginal_bins) == (512, 1e-5, 64)
+    assert (default.knots, default.smoothness, default.smoothness_norm) == (512, 1e-5, "l1")
+    assert (default.num_bins, default.marginal_bins, GridRQSpline().smoothness_norm) == (64, 256, "l2")
     # Training with a strong prior smooths a rough table; without it the rows stay apart.
     rough = []
-    for smoothness in (0.0, 10.0):
-        flow = make_flow(2, 1, block="grid", bins=4, knots=16, smoothness=smoothness)
+    for smoothness, norm in ((0.0, "l2"), (10.0, "l2"), (10.0, "l1")):
+        flow = make_flow(2, 1, block="grid", bins=4, knots=16, smoothness=smoothness, smoothness_norm=norm)
         torch.manual_seed(5)
         perturb(flow, scale=2.0)
         JKOTrainer(flow, [0.5], iterations=60, batch_size=128, lr=0.1, progress=False).fit(moons(512))
         table = flow.flows[0].flows[0].table.detach()
         rough.append(float((table[1:] - table[:-1]).square().sum()))
-    assert rough[1] < 0.01 * rough[0]
+    assert max(rough[1:]) < 0.01 * rough[0]
 
 
 def test_a_grid_flow_trains_and_samples_in_two_dimensions():
@@ -151,6 +160,8 @@ def test_bad_settings_are_refused_in_one_line():
         GridRQSpline(read_at="x")
     with pytest.raises(ValueError, match="smoothness must be >= 0, got -1.0"):
         GridRQSpline(smoothness=-1.0)
+    with pytest.raises(ValueError, match="smoothness_norm must be one of"):
+        GridRQSpline(smoothness_norm="tv")
     with pytest.raises(ValueError, match="marginal_bins must be a positive integer, got 0"):
         GridRQSpline(marginal_bins=0)
     with pytest.raises(ValueError, match="marginal_bins must be at most 999"):

@@ -59,6 +59,9 @@ class GridRQSpline(Flow):
             beat 256 rows without it on tree on every seed (BENCHMARKS.md s.4.0).
         marginal_bins: Bins of the given coordinate's own spline (``num_bins`` when ``None``):
             one spline shared by every point, so more bins there cost little.
+        smoothness_norm: ``"l2"`` (squared row differences) or ``"l1"`` (their absolute values:
+            the table's total variation, which lets a row jump at a picture's edge and pulls
+            small differences, noise, to zero).
 
     Example:
         >>> layer = GridRQSpline(given=0, num_bins=8, knots=16)
@@ -78,6 +81,7 @@ class GridRQSpline(Flow):
         read_at: str = "data",
         smoothness: float = 0.0,
         marginal_bins: int | None = None,
+        smoothness_norm: str = "l2",
     ) -> None:
         super().__init__()
         self.read_at = choice("read_at", read_at, ("data", "latent"))
@@ -101,6 +105,7 @@ class GridRQSpline(Flow):
         self.smoothness = float(smoothness)
         if not self.smoothness >= 0:
             raise ValueError(f"smoothness must be >= 0, got {smoothness!r}")
+        self.smoothness_norm = choice("smoothness_norm", smoothness_norm, ("l2", "l1"))
 
     def _conditioner(self, x_given: Tensor) -> Tensor:
         bound = self.tail_bound
@@ -113,10 +118,12 @@ class GridRQSpline(Flow):
         return F.embedding_bag(rows, self.table, per_sample_weights=weights, mode="sum")
 
     def penalty(self) -> Tensor | None:
-        """``smoothness * sum_r |row_{r+1} - row_r|^2`` over the table, or ``None`` without one."""
+        """``smoothness * sum_r |row_{r+1} - row_r|^2`` over the table (``sum_r |row_{r+1} - row_r|_1``
+        with ``smoothness_norm="l1"``), or ``None`` without a prior."""
         if not self.smoothness:
             return None
-        return self.smoothness * (self.table[1:] - self.table[:-1]).square().sum()
+        diff = self.table[1:] - self.table[:-1]
+        return self.smoothness * (diff.abs() if self.smoothness_norm == "l1" else diff.square()).sum()
 
     def _spline(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         k = (params.shape[-1] + 1) // 3
@@ -155,7 +162,8 @@ def make_grid_step(
     tail_bound: float = 5.0,
     read_at: str = "data",
     smoothness: float = 1e-5,
-    marginal_bins: int | None = None,
+    marginal_bins: int | None = 256,
+    smoothness_norm: str = "l1",
     context_dim: int | None = None,
     num_classes: int | None = None,
     embed_dim: int | None = None,
@@ -196,6 +204,7 @@ def make_grid_step(
                 "read_at": read_at,
                 "smoothness": smoothness,
                 "marginal_bins": marginal_bins,
+                "smoothness_norm": smoothness_norm,
             },
         }
         for i in range(layers)

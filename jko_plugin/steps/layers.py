@@ -191,6 +191,7 @@ LAYER_TYPES: dict[str, LayerType] = {
             "read_at": layer.read_at,
             "smoothness": layer.smoothness,
             "marginal_bins": layer.marginal_bins,
+            "smoothness_norm": layer.smoothness_norm,
         },
         GridRQSpline,
         _one_pass,  # a table read, not a network: counted as one pass to stay conservative
