@@ -55,8 +55,9 @@ class GridRQSpline(Flow):
             ``"latent"``, at its value after its own spline (rows spread by probability mass).
         smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
             that training adds to the step's loss (0: none), so that neighbouring rows share
-            their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 1e-5``, which
-            beat 256 rows without it on tree on every seed (BENCHMARKS.md s.4.0).
+            their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 1e-5`` and the
+            ``"l1"`` norm, which beat the squared one on both pictures on every seed
+            (BENCHMARKS.md s.4.0).
         marginal_bins: Bins of the given coordinate's own spline (``num_bins`` when ``None``):
             one spline shared by every point, so more bins there cost little.
         smoothness_norm: ``"l2"`` (squared row differences) or ``"l1"`` (their absolute values:
@@ -172,9 +173,10 @@ def make_grid_step(
     coordinates ``given``, then the other, in turn (``bins``: 64 when ``None``). Unconditional only.
     One layer per step by default: with two, the second layer's table is read at a coordinate the
     first one moves while both train, and on tree it lost 1.0 nats (BENCHMARKS.md s.4.0).
-    512 rows with a light smoothness prior (1e-5) by default: on tree they generalised better
-    than 256 rows without one on all 3 seeds (BENCHMARKS.md s.4.0). ``marginal_bins``: bins of
-    the given coordinate's own spline (``bins`` when ``None``; 256 tied on the pictures).
+    By default 512 rows tied by a light prior on their total variation (``smoothness=1e-5``,
+    ``smoothness_norm="l1"``) and a 256-bin spline for the given coordinate (``marginal_bins``;
+    ``None``: ``bins``): on rose and tree this generalised better than the squared prior with
+    64 bins on all 6 seed-picture pairs (BENCHMARKS.md s.4.0).
 
     >>> step = make_grid_step(2, layers=2, bins=16, knots=32)
     >>> step.kind, step.nfe, len(step.flows)
