@@ -105,6 +105,8 @@ PY
     rose_grid) run rose_grid --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
     # the same, for a candidate recipe tried as make_grid_step's defaults on a working tree
     tree_grid_next) run tree_grid_next --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
+    tree_grid_tv5e6) run tree_grid_tv5e6 --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
+    rose_grid_tv5e6) run rose_grid_tv5e6 --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
     rose_grid_next) run rose_grid_next --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
     # the grid steps against the 2-D default (jko-spline) on the short budgets
     moons_grid) run moons_grid --dataset moons --methods jko-spline,jko-grid --budget-seconds 60 --seeds 0,1,2 --compile ;;

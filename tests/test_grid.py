@@ -114,7 +114,7 @@ def test_the_smoothness_prior_is_the_sum_of_row_differences_and_training_adds_it
     # The layer has no prior by default (its loss is the proximal one); the step recipe has a light one.
     assert GridRQSpline().penalty() is None and make_grid_step(2, smoothness=0.0).penalty() is None
     default = make_grid_step(2).flows[0]
-    assert (default.knots, default.smoothness, default.smoothness_norm) == (512, 1e-5, "l1")
+    assert (default.knots, default.smoothness, default.smoothness_norm) == (512, 5e-6, "l1")
     assert (default.num_bins, default.marginal_bins, GridRQSpline().smoothness_norm) == (64, 256, "l2")
     # Training with a strong prior smooths a rough table; without it the rows stay apart.
     rough = []

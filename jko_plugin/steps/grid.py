@@ -55,7 +55,7 @@ class GridRQSpline(Flow):
             ``"latent"``, at its value after its own spline (rows spread by probability mass).
         smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
             that training adds to the step's loss (0: none), so that neighbouring rows share
-            their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 1e-5`` and the
+            their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 5e-6`` and the
             ``"l1"`` norm, which beat the squared one on both pictures on every seed
             (BENCHMARKS.md s.4.0).
         marginal_bins: Bins of the given coordinate's own spline (``num_bins`` when ``None``):
@@ -162,7 +162,7 @@ def make_grid_step(
     knots: int = 512,
     tail_bound: float = 5.0,
     read_at: str = "data",
-    smoothness: float = 1e-5,
+    smoothness: float = 5e-6,
     marginal_bins: int | None = 256,
     smoothness_norm: str = "l1",
     context_dim: int | None = None,
@@ -173,7 +173,7 @@ def make_grid_step(
     coordinates ``given``, then the other, in turn (``bins``: 64 when ``None``). Unconditional only.
     One layer per step by default: with two, the second layer's table is read at a coordinate the
     first one moves while both train, and on tree it lost 1.0 nats (BENCHMARKS.md s.4.0).
-    By default 512 rows tied by a light prior on their total variation (``smoothness=1e-5``,
+    By default 512 rows tied by a light prior on their total variation (``smoothness=5e-6``,
     ``smoothness_norm="l1"``) and a 256-bin spline for the given coordinate (``marginal_bins``;
     ``None``: ``bins``): on rose and tree this generalised better than the squared prior with
     64 bins on all 6 seed-picture pairs (BENCHMARKS.md s.4.0).
