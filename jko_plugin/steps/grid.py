@@ -56,8 +56,8 @@ class GridRQSpline(Flow):
         smoothness: Weight ``s`` of the prior ``penalty() = s * sum_r |row_{r+1} - row_r|^2``
             that training adds to the step's loss (0: none), so that neighbouring rows share
             their points. Off here; ``make_grid_step`` uses 512 rows with ``s = 5e-6`` and the
-            ``"l1"`` norm, which beat the squared one on both pictures on every seed
-            (BENCHMARKS.md s.4.0).
+            ``"l1"`` norm, which beat the squared one on validation on 5 of 6 seed-picture
+            pairs (BENCHMARKS.md s.4.0).
         marginal_bins: Bins of the given coordinate's own spline (``num_bins`` when ``None``):
             one spline shared by every point, so more bins there cost little.
         smoothness_norm: ``"l2"`` (squared row differences) or ``"l1"`` (their absolute values:
@@ -175,8 +175,8 @@ def make_grid_step(
     first one moves while both train, and on tree it lost 1.0 nats (BENCHMARKS.md s.4.0).
     By default 512 rows tied by a light prior on their total variation (``smoothness=5e-6``,
     ``smoothness_norm="l1"``) and a 256-bin spline for the given coordinate (``marginal_bins``;
-    ``None``: ``bins``): on rose and tree this generalised better than the squared prior with
-    64 bins on all 6 seed-picture pairs (BENCHMARKS.md s.4.0).
+    ``None``: ``bins``): on validation this beat the squared prior with 64 bins on all 3 tree
+    seeds and 2 of 3 rose seeds (rose seed 2 by 0.0002 behind; BENCHMARKS.md s.4.0).
 
     >>> step = make_grid_step(2, layers=2, bins=16, knots=32)
     >>> step.kind, step.nfe, len(step.flows)
