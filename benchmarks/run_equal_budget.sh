@@ -101,13 +101,10 @@ PY
     gmm16_jko_600s) run gmm16_jko_600s --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
     gmm16_jko_600s_before) run gmm16_jko_600s_before --dataset gmm16 --methods jko --budget-seconds 600 --seeds 0 --compile ;;
     # spline steps conditioned through a table (GridRQSpline); before each, a 40-step warm-up
-    tree_grid) run tree_grid --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
-    rose_grid) run rose_grid --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
-    # the same, for a candidate recipe tried as make_grid_step's defaults on a working tree
-    tree_grid_next) run tree_grid_next --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
-    tree_grid_tv5e6) run tree_grid_tv5e6 --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
-    rose_grid_tv5e6) run rose_grid_tv5e6 --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
-    rose_grid_next) run rose_grid_next --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
+    # tree_grid_<tag> / rose_grid_<tag>: the same command into its own folder, for a candidate
+    # recipe tried as make_grid_step's defaults on a working tree (_mb256, _next, _tv5e6)
+    tree_grid|tree_grid_*) run "$job" --dataset tree --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
+    rose_grid|rose_grid_*) run "$job" --dataset rose --methods jko-grid --budget-seconds 300 --seeds 0,1,2 --compile ;;
     # the grid steps against the 2-D default (jko-spline) on the short budgets
     moons_grid) run moons_grid --dataset moons --methods jko-spline,jko-grid --budget-seconds 60 --seeds 0,1,2 --compile ;;
     checkerboard_grid) run checkerboard_grid --dataset checkerboard --methods jko-spline,jko-grid --budget-seconds 30 --seeds 0,1,2 --compile ;;
