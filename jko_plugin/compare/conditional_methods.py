@@ -13,15 +13,15 @@ from torch import Tensor, nn
 from .._ops import solver_nfe
 from ..steps.layers import flow_nfe
 from ..workflows import ode_density
-from .methods import (
+from .base import (
     BATCH_SIZE,
     FM_NLL_STEPS,
     FM_SAMPLE_SOLVER,
     FM_SAMPLE_STEPS,
-    METHODS,
     PEER_LR,
     Budget,
 )
+from .methods import METHODS
 from .selection import fit_selected_jko, selection_details, selection_rows
 
 __all__ = [

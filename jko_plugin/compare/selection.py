@@ -16,7 +16,7 @@ from ..training.history import TrainingHistory
 from ..workflows import RunConfig, build_flow, make_trainer
 
 if TYPE_CHECKING:
-    from .methods import Budget
+    from .base import Budget
 
 __all__ = ["fit_selected_jko", "selection_details", "selection_rows"]
 

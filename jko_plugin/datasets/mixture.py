@@ -14,6 +14,24 @@ from ._common import Seed, _rng
 __all__ = ["GaussianMixture"]
 
 
+def _kmeans(y: Tensor, k: int, gen: torch.Generator, rounds: int = 50) -> tuple[Tensor, float]:
+    """``k`` centres of ``y``'s rows and their inertia (the sum of squared distances to the nearest):
+    k-means++ seeding (each new centre drawn in proportion to its squared distance from the chosen
+    ones), then Lloyd's rounds."""
+    centres = y[torch.randint(len(y), (1,), generator=gen)]
+    for _ in range(k - 1):
+        dist = torch.cdist(y, centres).amin(1).square()
+        centres = torch.cat([centres, y[torch.multinomial(dist / dist.sum(), 1, generator=gen)]])
+    for _ in range(rounds):
+        one_hot = torch.nn.functional.one_hot(torch.cdist(y, centres).argmin(1), k).to(y.dtype)
+        counts = one_hot.sum(0)
+        moved = torch.where(counts[:, None] > 0, (one_hot.T @ y) / counts.clamp_min(1)[:, None], centres)
+        if torch.equal(moved, centres):
+            break
+        centres = moved
+    return centres, float(torch.cdist(y, centres).amin(1).square().sum())
+
+
 class GaussianMixture:
     """A mixture of full-covariance Gaussians in ``R^d`` with exact sampling and log-density.
 
@@ -67,6 +85,64 @@ class GaussianMixture:
         weights = rng.uniform(0.5, 1.5, size=n_components)
         return cls(torch.from_numpy(means), torch.from_numpy(np.stack(trils)), torch.from_numpy(weights))
 
+    @classmethod
+    def fit(
+        cls,
+        x: Tensor,
+        n_components: int,
+        *,
+        seed: int = 0,
+        iterations: int = 40,
+        restarts: int = 4,
+        tol: float = 1e-5,
+        reg: float = 1e-4,
+    ) -> GaussianMixture:
+        """The maximum-likelihood mixture of ``n_components`` full-covariance Gaussians fitted to
+        the rows of ``x`` by expectation-maximisation, started from the best (least inertia) of
+        ``restarts`` k-means clusterings (k-means++ centres drawn from ``seed``), until the mean
+        log-likelihood gains less than ``tol`` (at most ``iterations`` rounds);
+        ``reg`` is added to every covariance's diagonal, so that no component collapses.
+
+        Raises:
+            ValueError: ``x`` not a finite ``(n, d)`` array with at least ``n_components`` rows.
+
+        >>> truth = GaussianMixture.random(2, 3, seed=0)
+        >>> fitted = GaussianMixture.fit(truth.sample(3000, seed=1), 3, seed=0)
+        >>> x = truth.sample(2000, seed=2)
+        >>> bool(abs(float(fitted.log_prob(x).mean() - truth.log_prob(x).mean())) < 0.02)
+        True
+        """
+        k = positive_int("n_components", n_components)
+        y = torch.as_tensor(x).detach().to(torch.float64).cpu()
+        if y.dim() != 2 or y.shape[0] < k or not bool(torch.isfinite(y).all()):
+            raise ValueError(
+                f"x must be finite with shape (n, d) and n >= {k} rows, got shape {tuple(y.shape)}"
+            )
+        gen = torch.Generator().manual_seed(seed)
+        runs = [_kmeans(y, k, gen) for _ in range(restarts)]
+        return cls._em(y, min(runs, key=lambda run: run[1])[0], iterations, tol, reg)
+
+    @classmethod
+    def _em(cls, y: Tensor, centres: Tensor, iterations: int, tol: float, reg: float) -> GaussianMixture:
+        """EM from the hard clusters of the nearest ``centres``."""
+        k, d = centres.shape
+        resp = torch.nn.functional.one_hot(torch.cdist(y, centres).argmin(1), k).to(y.dtype)
+        eye = torch.eye(d, dtype=y.dtype)
+        last = -math.inf
+        for _ in range(iterations):
+            counts = resp.sum(0) + 1e-10
+            means = (resp.T @ y) / counts[:, None]
+            diff = y.unsqueeze(1) - means  # (n, k, d)
+            covs = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / counts[:, None, None] + reg * eye
+            gmm = cls(means, torch.linalg.cholesky(covs), counts)
+            joint = gmm.component_log_prob(y) + torch.log(gmm.weights)
+            log_lik = float(torch.logsumexp(joint, 1).mean())
+            resp = torch.softmax(joint, 1)
+            if log_lik - last < tol:
+                break
+            last = log_lik
+        return gmm
+
     @property
     def mean(self) -> Tensor:
         """The mixture's exact mean ``sum_k w_k mu_k``, float64 ``(d,)``."""
@@ -103,8 +179,11 @@ class GaussianMixture:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (n, {self.dim}), got {tuple(x.shape)}")
         y = x.detach().to(torch.float64).cpu()
-        diff = (y.unsqueeze(1) - self.means).unsqueeze(-1)  # (n, k, d, 1)
-        sol = torch.linalg.solve_triangular(self.scale_trils, diff, upper=False).squeeze(-1)
+        # One inverse per component and a matmul: a batched solve per (point, component) pair made
+        # fit 3-7x slower at n = 16,000, d = 16 (float64 keeps the inverse exact enough).
+        eye = torch.eye(self.dim, dtype=torch.float64).expand_as(self.scale_trils)
+        inverse = torch.linalg.solve_triangular(self.scale_trils, eye, upper=False)
+        sol = torch.einsum("kij,nkj->nki", inverse, y.unsqueeze(1) - self.means)
         log_det = torch.log(torch.diagonal(self.scale_trils, dim1=-2, dim2=-1)).sum(-1)
         return -0.5 * sol.square().sum(-1) - log_det - 0.5 * self.dim * math.log(2 * math.pi)
 
