@@ -62,6 +62,8 @@ PY
     # training points and 0.27 more on test (BENCHMARKS.md s.4.0)
     gmm16_200k) run gmm16_200k --dataset gmm16 --methods jko,cfm --budget-seconds 120 --seeds 0,1,2 --compile --num-train 200000 ;;
     gmm16_mixture) run gmm16_mixture --dataset gmm16 --methods jko-mixture,jko,cfm --budget-seconds 120 --seeds 0,1,2 --compile ;;  # mixture of cluster-conditional JKO flows
+    moons_mixture) run moons_mixture --dataset moons --methods jko-mixture,jko-spline --budget-seconds 60 --seeds 0,1,2 ;;
+    diabetes_mixture) run diabetes_mixture --dataset benchmarks/data/diabetes_raw.csv --methods jko-mixture,jko --budget-seconds 120 --seeds 0 ;;
     gmm16_eager) run gmm16_eager --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
     moons_compiled) run moons_compiled --dataset moons --methods jko-spline,cfm,nsf --budget-seconds 60 --seeds 0,1,2 --compile ;;
     tree_spline64) run tree_spline64 --dataset tree --methods jko-spline-64 --budget-seconds 300 --seeds 0 ;;

@@ -129,8 +129,8 @@ def test_time_budget_is_respected(tmp_path):
 def test_unknown_method_or_dataset():
     with pytest.raises(
         ValueError,
-        match=r"methods must be among \['jko', 'jko-spline', 'jko-coupling', 'jko-spline-64', 'jko-grid', 'jko-mixture', "
-        r"'cfm', 'otcfm', 'realnvp', 'nsf', .*got 'glow'",
+        match=r"methods must be among \['jko', 'jko-spline', 'jko-coupling', 'jko-spline-64', 'jko-grid', "
+        r"'jko-mixture', 'cfm', 'otcfm', 'realnvp', 'nsf', .*got 'glow'",
     ):
         compare("moons", "jko,glow", steps=1)
     with pytest.raises(ValueError, match=r"dataset must be one of .*'moons'.*got 'mnist'"):

@@ -152,7 +152,7 @@ def test_bad_settings_are_refused_in_one_line():
         make_grid_step(3)
     with pytest.raises(ValueError, match="grid steps take no context"):
         make_grid_step(2, num_classes=3)
-    with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got 2"):
+    with pytest.raises(ValueError, match=r"given must be one of \[0, 1\], got 2"):
         GridRQSpline(given=2)
     with pytest.raises(ValueError, match="knots must be an integer >= 2, got 1"):
         GridRQSpline(knots=1)
@@ -166,7 +166,7 @@ def test_bad_settings_are_refused_in_one_line():
         GridRQSpline(marginal_bins=0)
     with pytest.raises(ValueError, match="marginal_bins must be at most 999"):
         GridRQSpline(marginal_bins=1024)
-    with pytest.raises(ValueError, match="given must be coordinate 0 or 1, got -1"):
+    with pytest.raises(ValueError, match=r"given must be one of \[0, 1\], got -1"):
         make_grid_step(2, given=-1)
 
 

@@ -18,18 +18,12 @@ from normflows.utils import splines
 from torch import Tensor, nn
 
 from .._validate import choice, positive, positive_int
-from .rq_spline import rational_quadratic_spline
+from .rq_spline import check_bins, rational_quadratic_spline
 
 if TYPE_CHECKING:
     from .map import JKOStep
 
 __all__ = ["GridRQSpline", "make_grid_step"]
-
-
-def _coordinate(given: object) -> int:
-    if given not in (0, 1):
-        raise ValueError(f"given must be coordinate 0 or 1, got {given!r}")
-    return int(given)
 
 
 def _identity_derivative_logit() -> float:
@@ -86,17 +80,13 @@ class GridRQSpline(Flow):
     ) -> None:
         super().__init__()
         self.read_at = choice("read_at", read_at, ("data", "latent"))
-        self.given = _coordinate(given)
-        self.num_bins = positive_int("num_bins", num_bins)
+        self.given = int(choice("given", given, (0, 1)))
+        self.num_bins = check_bins("num_bins", num_bins)
         self.knots = positive_int("knots", knots, minimum=2)
         self.tail_bound = float(positive("tail_bound", tail_bound))
         self.marginal_bins = (
-            self.num_bins if marginal_bins is None else positive_int("marginal_bins", marginal_bins)
+            self.num_bins if marginal_bins is None else check_bins("marginal_bins", marginal_bins)
         )
-        most = round(1 / splines.DEFAULT_MIN_BIN_WIDTH) - 1  # each bin keeps 1/1000 of the interval
-        for name, bins in (("num_bins", self.num_bins), ("marginal_bins", self.marginal_bins)):
-            if bins > most:
-                raise ValueError(f"{name} must be at most {most} (a minimum bin width), got {bins}")
         marginal = torch.zeros(3 * self.marginal_bins - 1)
         table = torch.zeros(self.knots, 3 * self.num_bins - 1)
         marginal[2 * self.marginal_bins :] = _identity_derivative_logit()
@@ -193,7 +183,7 @@ def make_grid_step(
             "grid steps take no context: use block='spline' or 'coupling' for a conditional flow"
         )
     positive_int("layers", layers)
-    given = _coordinate(given)  # the layers' (given + i) % 2 would hide a bad value
+    given = int(choice("given", given, (0, 1)))  # the layers' (given + i) % 2 would hide a bad value
     bins = 64 if bins is None else positive_int("bins", bins)
     specs = [
         {

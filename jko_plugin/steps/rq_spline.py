@@ -20,7 +20,24 @@ from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCou
 from normflows.utils import splines
 from torch import Tensor
 
-__all__ = ["AutoregressiveRQSpline", "rational_quadratic_spline", "use_fast_spline"]
+from .._validate import positive_int
+
+__all__ = ["AutoregressiveRQSpline", "check_bins", "rational_quadratic_spline", "use_fast_spline"]
+
+
+def check_bins(name: str, bins: object, min_bin_width: float = splines.DEFAULT_MIN_BIN_WIDTH) -> int:
+    """``bins`` if it is a positive integer below ``1 / min_bin_width`` (999 at normflows' 1e-3),
+    else ``ValueError``: at ``1 / min_bin_width`` every bin is pinned at the minimum width and the
+    widths cannot be learnt (``rational_quadratic_spline`` itself refuses only more).
+
+    >>> check_bins("num_bins", 999)
+    999
+    """
+    most = round(1 / min_bin_width) - 1
+    bins = positive_int(name, bins)
+    if bins > most:
+        raise ValueError(f"{name} must be at most {most} (a minimum bin width), got {bins}")
+    return bins
 
 
 def _knots(unnormalized: Tensor, minimum: float, bound: float) -> Tensor:
