@@ -40,7 +40,9 @@ def main() -> None:
         gmm, scores = choose_clusters(z_fit, z_sel, seed=seed)
         nll = float(-(gmm.log_prob(z_test).double() + log_det.double()).mean())
         true = float(-ds.log_prob(x_test).double().mean())
-        rows.append(dict(seed=seed, components=gmm.num_components, test_nll=nll, true_nll=true, selection=scores))
+        rows.append(
+            dict(seed=seed, components=gmm.num_components, test_nll=nll, true_nll=true, selection=scores)
+        )
         print(f"| {seed} | {gmm.num_components} | {nll:.3f} | {true:.3f} | {nll - true:+.3f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
