@@ -39,8 +39,8 @@ DEFAULT_CLUSTER_COUNTS = (1, 2, 4, 8, 16)
 def choose_clusters(
     x: Tensor, x_sel: Tensor, counts: Sequence[int] = DEFAULT_CLUSTER_COUNTS, *, seed: int = 0
 ) -> tuple[GaussianMixture, dict[int, float]]:
-    """The Gaussian mixture fitted to ``x`` whose number of components (among ``counts``, those
-    with at most one per 50 rows of ``x``) gives the lowest NLL on the held-out rows ``x_sel``,
+    """The Gaussian mixture fitted to ``x`` whose number of components (among ``counts``: 1 and
+    those with at most one per 50 rows of ``x``) gives the lowest NLL on the held-out rows ``x_sel``,
     and every count's held-out NLL.
 
     Raises:
@@ -52,7 +52,7 @@ def choose_clusters(
     (4, [1, 2, 4, 8, 16])
     """
     counts = sorted({positive_int("cluster count", k) for k in counts})
-    usable = [k for k in counts if 50 * k <= len(x)]
+    usable = [k for k in counts if k == 1 or 50 * k <= len(x)]
     if not usable:
         raise ValueError(f"cluster counts {counts} need at least {50 * counts[0]} rows, got {len(x)}")
     fitted = {k: GaussianMixture.fit(x, k, seed=seed) for k in usable}
@@ -122,7 +122,8 @@ class ClusterMixtureFlow(nn.Module):
                 f"labels must fill every cluster 0 .. {num_clusters - 1}, got counts {counts.tolist()}"
             )
         self.flow = flow
-        self.register_buffer("log_weights", torch.log(counts.double() / counts.sum()).float())
+        log_weights = torch.log(counts.double() / counts.sum()).float().to(labels.device)
+        self.register_buffer("log_weights", log_weights)
         dim = flow.q0.shape[0]
         loc = torch.zeros(num_clusters, dim) if loc is None else loc.detach().float()
         scale = torch.ones(num_clusters, dim) if scale is None else scale.detach().float()

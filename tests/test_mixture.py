@@ -69,6 +69,9 @@ def test_choose_clusters_picks_the_true_count_on_held_out_rows():
     assert scores[1] > scores[2] > scores[4] + 0.5 and scores[8] > scores[4]
     with pytest.raises(ValueError, match="need at least 400 rows"):
         choose_clusters(truth.sample(100, seed=0), truth.sample(10, seed=1), (8, 16))
+    # one component needs no rows to spare: a small table still gets a (one-cluster) mixture
+    gmm, scores = choose_clusters(truth.sample(60, seed=0), truth.sample(10, seed=1))
+    assert gmm.num_components == 1 and sorted(scores) == [1]
     with pytest.raises(ValueError, match="cluster count"):
         choose_clusters(truth.sample(100, seed=0), truth.sample(10, seed=1), (0,))
 
