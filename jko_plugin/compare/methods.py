@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..steps.block import JKOBlock
 from ..steps.layers import flow_nfe
@@ -34,6 +34,17 @@ __all__ = [
     "PeerFlowMatchingMethod",
     "TrainedModel",
 ]
+
+
+def _on_ode_density(flow: nn.Module, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``fn`` called with ``flow``'s ODE blocks on the ODE's own density (``ode_density``): how a
+    JKO row is scored and sampled, one map for both."""
+
+    def on_ode_density(*args: object) -> Tensor:
+        with ode_density(flow):
+            return fn(*args)
+
+    return on_ode_density
 
 
 class JKOMethod(Method):
@@ -74,14 +85,8 @@ class JKOMethod(Method):
         # are scored and sampled as trained; ODE-density blocks are scored with the ODE's fine
         # solver (ode_density) and sampled with it too, and their fast trained-step sampler is
         # reported beside.
-        def log_prob(xb: Tensor) -> Tensor:
-            with ode_density(flow):
-                return flow.log_prob(xb)
-
-        def sample(n: int, gen: torch.Generator) -> Tensor:
-            with ode_density(flow):
-                return sample_flow(flow, n, generator=gen)
-
+        log_prob = _on_ode_density(flow, flow.log_prob)
+        sample = _on_ode_density(flow, lambda n, gen: sample_flow(flow, n, generator=gen))
         with ode_density(flow):
             nfe = flow_nfe(flow)
         fast_nfe = flow_nfe(flow)
@@ -139,14 +144,8 @@ class JKOMixtureMethod(JKOMethod):
         )
         seconds = time.perf_counter() - start
 
-        def log_prob(xb: Tensor) -> Tensor:
-            with ode_density(flow):
-                return model.log_prob(xb)
-
-        def sample(n: int, gen: torch.Generator) -> Tensor:
-            with ode_density(flow):
-                return model.sample(n, generator=gen)[0]
-
+        log_prob = _on_ode_density(flow, model.log_prob)
+        sample = _on_ode_density(flow, lambda n, gen: model.sample(n, generator=gen)[0])
         with ode_density(flow):
             nfe = flow_nfe(flow)
         return TrainedModel(
