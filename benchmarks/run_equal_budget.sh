@@ -62,6 +62,7 @@ PY
     # training points and 0.27 more on test (BENCHMARKS.md s.4.0)
     gmm16_200k) run gmm16_200k --dataset gmm16 --methods jko,cfm --budget-seconds 120 --seeds 0,1,2 --compile --num-train 200000 ;;
     gmm16_mixture) run gmm16_mixture --dataset gmm16 --methods jko-mixture,jko,cfm --budget-seconds 120 --seeds 0,1,2 --compile ;;  # mixture of cluster-conditional JKO flows
+    gmm16_mixture_rerun) run gmm16_mixture_rerun --dataset gmm16 --methods jko-mixture --budget-seconds 120 --seeds 0,1,2 --compile ;;  # the final code, jko-mixture alone
     moons_mixture) run moons_mixture --dataset moons --methods jko-mixture,jko-spline --budget-seconds 60 --seeds 0,1,2 ;;
     diabetes_mixture) run diabetes_mixture --dataset benchmarks/data/diabetes_raw.csv --methods jko-mixture,jko --budget-seconds 120 --seeds 0 ;;
     gmm16_eager) run gmm16_eager --dataset gmm16 --methods jko --budget-seconds 120 --seeds 0,1,2 ;;
