@@ -52,6 +52,8 @@ def choose_clusters(
     (4, [1, 2, 4, 8, 16])
     """
     counts = sorted({positive_int("cluster count", k) for k in counts})
+    if not counts:
+        raise ValueError("cluster counts must name at least one count, got none")
     usable = [k for k in counts if k == 1 or 50 * k <= len(x)]
     if not usable:
         raise ValueError(f"cluster counts {counts} need at least {50 * counts[0]} rows, got {len(x)}")

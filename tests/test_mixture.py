@@ -74,6 +74,8 @@ def test_choose_clusters_picks_the_true_count_on_held_out_rows():
     assert gmm.num_components == 1 and sorted(scores) == [1]
     with pytest.raises(ValueError, match="cluster count"):
         choose_clusters(truth.sample(100, seed=0), truth.sample(10, seed=1), (0,))
+    with pytest.raises(ValueError, match="at least one count"):
+        choose_clusters(truth.sample(100, seed=0), truth.sample(10, seed=1), ())
 
 
 def test_cluster_labels_drop_empty_components_and_moments_are_exact():
