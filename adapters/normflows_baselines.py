@@ -18,6 +18,7 @@ from jko_plugin.metrics import nll
 
 __all__ = [
     "BASELINES",
+    "base_latents",
     "fit_maximum_likelihood",
     "make_baseline",
     "make_nsf",
@@ -154,14 +155,20 @@ def fit_maximum_likelihood(
     )
 
 
-@torch.no_grad()
-def sample_flow(flow: nf.NormalizingFlow, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` samples ``(n, d)`` of a normflows model with a ``DiagGaussian`` base, reproducible from
-    ``generator`` (``flow.sample`` draws from the global generator)."""
+def base_latents(flow: nf.NormalizingFlow, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws ``(n, d)`` of a normflows model's ``DiagGaussian`` base, reproducible from
+    ``generator``, on the base's device: what its ``forward`` maps to samples."""
     q0 = flow.q0
     if not isinstance(q0, nf.distributions.DiagGaussian):
         raise ValueError(f"sample_flow needs a DiagGaussian base, got {type(q0).__name__}")
     # Drawn where the generator lives, then moved: a CPU generator gives the same draws on any device.
     where = generator.device if generator is not None else q0.loc.device
     eps = torch.randn((n, *q0.shape), generator=generator, dtype=q0.loc.dtype, device=where).to(q0.loc.device)
-    return flow.forward(q0.loc + torch.exp(q0.log_scale) * eps)
+    return q0.loc + torch.exp(q0.log_scale) * eps
+
+
+@torch.no_grad()
+def sample_flow(flow: nf.NormalizingFlow, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` samples ``(n, d)`` of a normflows model with a ``DiagGaussian`` base, reproducible from
+    ``generator`` (``flow.sample`` draws from the global generator)."""
+    return flow.forward(base_latents(flow, n, generator=generator))

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import positive_int
+from .adapters.normflows_baselines import base_latents
 from .datasets.mixture import GaussianMixture
 
 __all__ = [
@@ -159,12 +160,10 @@ class ClusterMixtureFlow(nn.Module):
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``n`` samples and their clusters: ``k ~ w``, then ``x = flow(z, k)``, ``z ~ q0``;
         reproducible from ``generator`` (a CPU generator gives the same draws on any device)."""
-        q0 = self.flow.q0
-        where = generator.device if generator is not None else q0.loc.device
-        c = torch.multinomial(self.log_weights.exp().to(where), n, replacement=True, generator=generator)
-        eps = torch.randn((n, *q0.shape), generator=generator, dtype=q0.loc.dtype, device=where)
-        c, eps = c.to(q0.loc.device), eps.to(q0.loc.device)
-        z = self.flow.forward(q0.loc + torch.exp(q0.log_scale) * eps, context=c)
+        where = generator.device if generator is not None else self.log_weights.device
+        weights = self.log_weights.exp().to(where)
+        c = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.loc.device)
+        z = self.flow.forward(base_latents(self.flow, n, generator=generator), context=c)
         return self.loc[c] + self.scale[c] * z, c
 
 

@@ -87,11 +87,12 @@ def ode_density(flow: nf.NormalizingFlow) -> Iterator[nf.NormalizingFlow]:
 
 
 @torch.no_grad()
-def solver_gap(flow: nf.NormalizingFlow, x: Tensor) -> float:
+def solver_gap(flow: nf.NormalizingFlow, x: Tensor, context: Tensor | None = None) -> float:
     """Mean ``log q(x)`` of the flow as trained minus that of its ODE's own density
     (``ode_density``), in nats: 0 where every block is an exact map or its few-step log-det is the
     ODE's; well above 0 when training learnt a field whose few-step divergence overstates the
-    density (a discretisation the optimiser exploited: train with more ``steps``).
+    density (a discretisation the optimiser exploited: train with more ``steps``). ``context``:
+    the rows' contexts, for a conditional flow.
 
     >>> flow = make_flow(2, 2, block="ode", hidden=(8,), steps=2, density="ode")
     >>> abs(solver_gap(flow, torch.randn(100, 2))) < 1e-3  # an untrained, smooth field
@@ -100,9 +101,10 @@ def solver_gap(flow: nf.NormalizingFlow, x: Tensor) -> float:
     was_training = flow.training
     flow.eval()
     try:
-        trained = flow.log_prob(x).double().mean()
+        given = () if context is None else (context,)
+        trained = flow.log_prob(x, *given).double().mean()
         with ode_density(flow):
-            ode = flow.log_prob(x).double().mean()
+            ode = flow.log_prob(x, *given).double().mean()
     finally:
         flow.train(was_training)
     return float(trained - ode)

@@ -144,3 +144,6 @@ def test_jko_mixture_row_scores_and_samples_one_mixture():
     assert math.isclose(sum(d["cluster_weights"]), 1.0, abs_tol=1e-5)
     assert set(d["cluster_selection_nll"]) <= {"1", "2", "4", "8", "16"}
     assert METHODS["jko-mixture"].config(4, 0).block == "ode"
+    # it says which map its NLL and samples come from, as the jko row does
+    assert d["density"] == "ODE divergence" and abs(d["solver_gap"]) < 0.5
+    assert rec["nfe"] == d["kept_steps"] * 8 * 4

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._ops import solver_nfe
+from ..adapters.normflows_baselines import base_latents
 from ..steps.layers import flow_nfe
 from ..workflows import ode_density
 from .base import (
@@ -104,12 +105,10 @@ class ConditionalJKO(ConditionalMethod):
         x, x_sel, labels, labels_sel = selection_rows(x, seed, labels)
         flow, history, details = fit_selected_jko(config, x, x_sel, budget, start, labels, labels_sel)
         seconds = time.perf_counter() - start
-        q0 = flow.q0
 
         def sample(c: Tensor, gen: torch.Generator) -> Tensor:
-            eps = torch.randn((len(c), *q0.shape), generator=gen, dtype=q0.loc.dtype, device=q0.loc.device)
             with ode_density(flow):
-                return flow.forward(eps, context=c)
+                return flow.forward(base_latents(flow, len(c), generator=gen), context=c)
 
         def log_prob(xb: Tensor, c: Tensor) -> Tensor:
             with ode_density(flow):

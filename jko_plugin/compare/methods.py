@@ -47,6 +47,28 @@ def _on_ode_density(flow: nn.Module, fn: Callable[..., Tensor]) -> Callable[...,
     return on_ode_density
 
 
+def _scored_map(flow: nn.Module, config: RunConfig, x_sel: Tensor, context_sel: Tensor | None = None) -> dict:
+    """What a JKO row with ODE blocks says of the map it scores and samples (none without them):
+    the trace, the density, the map, and where that is the ODE's, how far the trained steps'
+    log-det strays from it on the selection rows (``solver_gap``)."""
+    blocks = [f for f in flow.flows if isinstance(f, JKOBlock)]
+    if not blocks:
+        return {}
+    exact = all(b.exact_map for b in blocks)
+    details = dict(
+        trace=config.trace,
+        density="exact map (solver map's own Jacobian)" if exact else "ODE divergence",
+        scored_map=(
+            f"the trained map: {blocks[0].steps} x {blocks[0].solver} per block, Newton inverse"
+            if exact
+            else f"{NLL_SOLVER_STEPS} x {config.num_blocks} x rk4 for NLL and samples"
+        ),
+    )
+    if not exact:
+        details["solver_gap"] = solver_gap(flow, x_sel, context_sel)
+    return details
+
+
 class JKOMethod(Method):
     """A JKO flow of one step kind, trained block-wise by ``JKOTrainer``.
 
@@ -90,20 +112,7 @@ class JKOMethod(Method):
         with ode_density(flow):
             nfe = flow_nfe(flow)
         fast_nfe = flow_nfe(flow)
-        blocks = [f for f in flow.flows if isinstance(f, JKOBlock)]
-        if blocks:
-            exact = all(b.exact_map for b in blocks)
-            details.update(
-                trace=config.trace,
-                density="exact map (solver map's own Jacobian)" if exact else "ODE divergence",
-                scored_map=(
-                    f"the trained map: {blocks[0].steps} x {blocks[0].solver} per block, Newton inverse"
-                    if exact
-                    else f"{NLL_SOLVER_STEPS} x {config.num_blocks} x rk4 for NLL and samples"
-                ),
-            )
-            if not exact:  # how far the trained steps' log-det strays from the scored density
-                details["solver_gap"] = solver_gap(flow, x_sel)
+        details.update(_scored_map(flow, config, x_sel))
         return TrainedModel(
             flow,
             sample,
@@ -135,14 +144,15 @@ class JKOMixtureMethod(JKOMethod):
         config = dataclasses.replace(self.config(x.shape[1], seed), compile=budget.compile, num_classes=k)
         z, z_sel = clusters.standardized(x, labels), clusters.standardized(x_sel, labels_sel)
         flow, _, details = fit_selected_jko(config, z, z_sel, budget, start, labels, labels_sel)
+        seconds = time.perf_counter() - start
         model = clusters.mixture(flow)
         details.update(
             compiled=config.compile,
             clusters=k,
             cluster_weights=model.log_weights.exp().tolist(),
             cluster_selection_nll={str(c): v for c, v in clusters.selection_nll.items()},
+            **_scored_map(flow, config, z_sel, labels_sel),
         )
-        seconds = time.perf_counter() - start
 
         log_prob = _on_ode_density(flow, model.log_prob)
         sample = _on_ode_density(flow, lambda n, gen: model.sample(n, generator=gen)[0])
