@@ -20,6 +20,8 @@ __all__ = [
     "Budget",
     "Method",
     "TrainedModel",
+    "peer_training",
+    "seeded",
 ]
 
 #: Solver of flow-matching sampling: 12 RK4 steps, 48 evaluations.
@@ -131,3 +133,23 @@ class Method:
         row is scored on."""
         x_fit, x_sel, _, _ = selection_rows(x, seed)
         return x_fit, x_sel
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` with its weights drawn from ``seed``, the global generator left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def peer_training(budget: Budget, x: Tensor, x_sel: Tensor, seed: int) -> dict:
+    """What every peer's fit is given: the budget, batches of ``BATCH_SIZE`` (at most the rows),
+    ``PEER_LR``, the seed and the selection rows it keeps its best checkpoint on."""
+    return dict(
+        steps=budget.steps,
+        budget_seconds=budget.seconds,
+        batch_size=min(BATCH_SIZE, x.shape[0]),
+        lr=PEER_LR,
+        seed=seed,
+        x_val=x_sel,
+    )

@@ -15,12 +15,12 @@ from ..adapters.normflows_baselines import base_latents
 from ..steps.layers import flow_nfe
 from ..workflows import ode_density
 from .base import (
-    BATCH_SIZE,
     FM_NLL_STEPS,
     FM_SAMPLE_SOLVER,
     FM_SAMPLE_STEPS,
-    PEER_LR,
     Budget,
+    peer_training,
+    seeded,
 )
 from .methods import METHODS
 from .selection import fit_selected_jko, selection_details, selection_rows
@@ -142,20 +142,9 @@ class ConditionalFlowMatching(ConditionalMethod):
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
         x, x_sel, labels, labels_sel = selection_rows(x, seed, labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = FlowMatchingModel(x.shape[1], num_classes=num_classes)
+        model = seeded(lambda: FlowMatchingModel(x.shape[1], num_classes=num_classes), seed)
         history = fit_flow_matching(
-            model,
-            x,
-            steps=budget.steps,
-            budget_seconds=budget.seconds,
-            batch_size=min(BATCH_SIZE, x.shape[0]),
-            lr=PEER_LR,
-            seed=seed,
-            context=labels,
-            x_val=x_sel,
-            context_val=labels_sel,
+            model, x, context=labels, context_val=labels_sel, **peer_training(budget, x, x_sel, seed)
         )
         return ConditionalModel(
             model,

@@ -2,21 +2,20 @@ r"""The comparison's peers: flow matching (ours and the real libraries') and nor
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._ops import solver_nfe
 from ..steps.layers import flow_nfe
 from .base import (
-    BATCH_SIZE,
     FM_NLL_STEPS,
     FM_SAMPLE_SOLVER,
     FM_SAMPLE_STEPS,
-    PEER_LR,
     Budget,
     Method,
     TrainedModel,
     _latents_to_samples,
+    peer_training,
+    seeded,
 )
 from .selection import selection_details
 
@@ -36,20 +35,8 @@ class FlowMatchingMethod(Method):
         from ..adapters.flow_matching import FlowMatchingModel, fit_flow_matching
 
         x, x_sel = self.selection_split(x, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = FlowMatchingModel(x.shape[1], path=self.path).to(x.device)
-        history = fit_flow_matching(
-            model,
-            x,
-            coupling=self.coupling,
-            steps=budget.steps,
-            budget_seconds=budget.seconds,
-            batch_size=min(BATCH_SIZE, x.shape[0]),
-            lr=PEER_LR,
-            seed=seed,
-            x_val=x_sel,
-        )
+        model = seeded(lambda: FlowMatchingModel(x.shape[1], path=self.path).to(x.device), seed)
+        history = fit_flow_matching(model, x, coupling=self.coupling, **peer_training(budget, x, x_sel, seed))
         return TrainedModel(
             model,
             lambda n, gen: model.sample(n, steps=FM_SAMPLE_STEPS, solver=FM_SAMPLE_SOLVER, generator=gen),
@@ -89,17 +76,8 @@ class PeerFlowMatchingMethod(Method):
 
         self.check_available()
         x, x_sel = self.selection_split(x, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = FlowMatchingModel(x.shape[1]).to(x.device)
-        common = dict(
-            steps=budget.steps,
-            budget_seconds=budget.seconds,
-            batch_size=min(BATCH_SIZE, x.shape[0]),
-            lr=PEER_LR,
-            seed=seed,
-            x_val=x_sel,
-        )
+        model = seeded(lambda: FlowMatchingModel(x.shape[1]).to(x.device), seed)
+        common = peer_training(budget, x, x_sel, seed)
         details = {"library": self.library, "sample_solver": f"{FM_SAMPLE_STEPS} x rk4"}
         if self.library == "torchcfm":
             history = peers.fit_torchcfm(model, x, ot=self.ot, **common)
@@ -126,19 +104,8 @@ class NormflowsMethod(Method):
         from ..adapters.normflows_baselines import fit_maximum_likelihood, make_baseline, sample_flow
 
         x, x_sel = self.selection_split(x, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            flow = make_baseline(self.name, x.shape[1]).to(x.device)
-        history = fit_maximum_likelihood(
-            flow,
-            x,
-            steps=budget.steps,
-            budget_seconds=budget.seconds,
-            batch_size=min(BATCH_SIZE, x.shape[0]),
-            lr=PEER_LR,
-            seed=seed,
-            x_val=x_sel,
-        )
+        flow = seeded(lambda: make_baseline(self.name, x.shape[1]).to(x.device), seed)
+        history = fit_maximum_likelihood(flow, x, **peer_training(budget, x, x_sel, seed))
         return TrainedModel(
             flow,
             lambda n, gen: sample_flow(flow, n, generator=gen),
